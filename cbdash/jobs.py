@@ -1,0 +1,78 @@
+"""Worker side: thin RQ entry points. They take ids, reload rows and call services."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from flask import Flask, current_app, has_app_context
+
+from .models import utcnow
+
+log = logging.getLogger(__name__)
+_app: Flask | None = None
+
+
+def _ensure_app():  # type: ignore[no-untyped-def]
+    """The app context jobs run in: the worker's, or one created once per process."""
+    global _app
+    if has_app_context():
+        return None
+    if _app is None:
+        from . import create_app
+
+        _app = create_app()
+    ctx = _app.app_context()
+    ctx.push()
+    return ctx
+
+
+def deliver(delivery_ids: list[int]) -> None:
+    """Attempt each delivery in the batch; schedule the retries it asks for."""
+    from . import dispatch
+    from .extensions import db
+    from .services import delivery
+
+    ctx = _ensure_app()
+    try:
+        for delivery_id in delivery_ids:
+            try:
+                outcome = delivery.process(int(delivery_id))
+            except Exception:
+                # One bad delivery must not stop the batch; the reconciler retries it.
+                db.session.rollback()
+                log.exception("delivery %s failed unexpectedly", delivery_id)
+                continue
+            if outcome is not None and outcome.retry_at is not None:
+                dispatch.schedule(outcome.delivery_id, outcome.retry_at, outcome.timeout)
+    finally:
+        db.session.remove()
+        if ctx is not None:
+            ctx.pop()
+
+
+def reconcile() -> dict[str, int]:
+    """Re-enqueue what the queue lost and reclaim what dead workers held."""
+    from . import dispatch
+    from .extensions import db
+    from .services import delivery
+
+    ctx = _ensure_app()
+    try:
+        now = utcnow()
+        stale = delivery.reclaim_stale(now)
+        cfg = current_app.config
+        lost = delivery.overdue(
+            now,
+            due_grace=timedelta(seconds=cfg.get("RECONCILE_DUE_GRACE", 10)),
+            requeue_after=timedelta(seconds=cfg.get("RECONCILE_REQUEUE_AFTER", 60)),
+        )
+        ids = stale + [i for i in lost if i not in stale]
+        if ids:
+            log.info("reconciler: re-enqueuing %d deliveries", len(ids))
+            dispatch.enqueue(ids)
+        return {"reclaimed": len(stale), "requeued": len(ids)}
+    finally:
+        db.session.remove()
+        if ctx is not None:
+            ctx.pop()

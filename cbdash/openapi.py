@@ -1,0 +1,258 @@
+"""The OpenAPI document served at /api/v1/openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"description": description}
+    if schema is not None:
+        body["content"] = {"application/json": {"schema": schema}}
+    return body
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "Bad input",
+        401: "Missing or invalid token",
+        403: "Role not allowed",
+        404: "Not found",
+        413: "Payload too large",
+    }
+    return {str(c): _resp(text[c], ERROR) for c in codes}
+
+
+def _id_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "integer"}}
+
+
+def document(payload_limit: int) -> dict[str, Any]:
+    """The API contract (SPEC §5)."""
+    callback_props = {
+        "definition": {"type": "string", "pattern": "^[a-z0-9_.-]{3,100}$"},
+        "url": {"type": "string", "format": "uri"},
+        "timeout": {"type": "integer", "minimum": 1},
+        "active": {"type": "boolean"},
+        "description": {"type": "string"},
+        "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+        "retry_schedule": {"type": "string", "example": "5,300,1800"},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "cbdash API",
+            "version": "1.0.0",
+            "description": "Trigger events and manage callbacks. Bearer token auth.",
+        },
+        "servers": [{"url": "/api/v1"}],
+        "security": [{"bearer": []}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "properties": {
+                                "code": {"type": "string"},
+                                "message": {"type": "string"},
+                                "fields": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "string"},
+                                },
+                            },
+                        }
+                    },
+                },
+                "CallbackInput": {
+                    "type": "object",
+                    "properties": callback_props,
+                    "additionalProperties": False,
+                },
+                "Callback": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        **callback_props,
+                        "status": {"type": "string", "enum": ["active", "inactive"]},
+                        "inactive_reason": {"type": "string", "nullable": True},
+                        "health": {"type": "string", "enum": ["healthy", "failing", "disabled"]},
+                        "secret": {"type": "string", "description": "masked"},
+                        "created_at": {"type": "string", "format": "date-time"},
+                    },
+                },
+                "Delivery": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "webhook_id": {"type": "string"},
+                        "event_id": {"type": "string"},
+                        "callback_id": {"type": "integer"},
+                        "kind": {
+                            "type": "string",
+                            "enum": ["event", "ping", "invoke", "redelivery"],
+                        },
+                        "status": {
+                            "type": "string",
+                            "enum": [
+                                "pending",
+                                "sending",
+                                "retrying",
+                                "succeeded",
+                                "failed",
+                                "skipped",
+                            ],
+                        },
+                        "attempts": {"type": "integer"},
+                        "next_attempt_at": {
+                            "type": "string",
+                            "format": "date-time",
+                            "nullable": True,
+                        },
+                        "created_at": {"type": "string", "format": "date-time"},
+                    },
+                },
+            },
+        },
+        "paths": {
+            "/events": {
+                "post": {
+                    "summary": "Trigger an event; it fans out to every active callback of its "
+                    f"definition. Body limit {payload_limit} bytes.",
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "maxLength": 255},
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["definition", "payload"],
+                                    "additionalProperties": False,
+                                    "properties": {"definition": {"type": "string"}, "payload": {}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": _resp(
+                            "Accepted",
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "event_id": {"type": "string"},
+                                    "delivery_ids": {"type": "array", "items": {"type": "integer"}},
+                                },
+                            },
+                        ),
+                        **_errors(400, 401, 403, 413),
+                    },
+                }
+            },
+            "/callbacks": {
+                "get": {
+                    "summary": "List callbacks",
+                    "parameters": [
+                        {
+                            "name": "status",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": ["all", "active", "inactive"]},
+                        }
+                    ],
+                    "responses": {"200": _resp("Callbacks"), **_errors(400, 401)},
+                },
+                "post": {
+                    "summary": "Create a callback",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/CallbackInput"}}
+                        },
+                    },
+                    "responses": {
+                        "201": _resp("Created", {"$ref": "#/components/schemas/Callback"}),
+                        **_errors(400, 401, 403),
+                    },
+                },
+            },
+            "/callbacks/{id}": {
+                "parameters": [_id_param("id")],
+                "get": {
+                    "summary": "Get a callback",
+                    "responses": {
+                        "200": _resp("Callback", {"$ref": "#/components/schemas/Callback"}),
+                        **_errors(401, 404),
+                    },
+                },
+                "patch": {
+                    "summary": "Update a callback",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/CallbackInput"}}
+                        },
+                    },
+                    "responses": {"200": _resp("Updated"), **_errors(400, 401, 403, 404)},
+                },
+                "delete": {
+                    "summary": "Delete a callback",
+                    "responses": {"204": _resp("Deleted"), **_errors(401, 403, 404)},
+                },
+            },
+            "/callbacks/{id}/ping": {
+                "parameters": [_id_param("id")],
+                "post": {
+                    "summary": "Send a test ping",
+                    "responses": {
+                        "202": _resp("Queued", {"$ref": "#/components/schemas/Delivery"}),
+                        **_errors(401, 403, 404),
+                    },
+                },
+            },
+            "/callbacks/{id}/rotate-secret": {
+                "parameters": [_id_param("id")],
+                "post": {
+                    "summary": "Rotate the signing secret (the old one signs alongside for the "
+                    "overlap period)",
+                    "responses": {"200": _resp("Rotated"), **_errors(401, 403, 404)},
+                },
+            },
+            "/deliveries": {
+                "get": {
+                    "summary": "List deliveries, newest first",
+                    "parameters": [
+                        {"name": "callback_id", "in": "query", "schema": {"type": "integer"}},
+                        {"name": "status", "in": "query", "schema": {"type": "string"}},
+                        {"name": "kind", "in": "query", "schema": {"type": "string"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                        {"name": "before_id", "in": "query", "schema": {"type": "integer"}},
+                    ],
+                    "responses": {"200": _resp("Deliveries"), **_errors(400, 401)},
+                }
+            },
+            "/deliveries/{id}": {
+                "parameters": [_id_param("id")],
+                "get": {
+                    "summary": "A delivery with its attempts",
+                    "responses": {"200": _resp("Delivery"), **_errors(401, 404)},
+                },
+            },
+            "/deliveries/{id}/redeliver": {
+                "parameters": [_id_param("id")],
+                "post": {
+                    "summary": "Send the same message again (same webhook-id)",
+                    "responses": {"202": _resp("Queued"), **_errors(401, 403, 404)},
+                },
+            },
+        },
+    }

@@ -1,0 +1,217 @@
+"""The SSRF guard: one address policy for save, ping and every attempt.
+
+A URL is acceptable when it is http(s), its host is a well-formed name or IP
+literal, and every address it resolves to is public -- or the operator opened
+it with ``CBDASH_ALLOWED_TARGETS``. The HTTP transport connects only to the
+address this module checked, so DNS rebinding between check and connect
+cannot reach a private address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from ..constants import ErrorClass
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+# Prefixes that embed an IPv4 address in an IPv6 one: the embedded address decides.
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+# Cloud metadata endpoints that are not already private or link-local everywhere.
+_METADATA = (ipaddress.ip_network("100.100.100.200/32"), ipaddress.ip_network("fd00:ec2::/32"))
+_resolver_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cbdash-dns")
+
+ALLOW_HINT = (
+    "To reach an internal service on purpose, add its address or host name to "
+    "CBDASH_ALLOWED_TARGETS (for example CBDASH_ALLOWED_TARGETS=10.0.0.0/8,crm.internal)."
+)
+
+
+class TargetError(Exception):
+    """A URL or address the guard refuses; ``error_class`` says which check failed."""
+
+    def __init__(self, message: str, error_class: str = ErrorClass.BLOCKED) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error_class = error_class
+
+
+@dataclass(frozen=True)
+class TargetPolicy:
+    """The operator's allowlist: networks and host names the guard lets through."""
+
+    networks: tuple[IPNetwork, ...] = ()
+    hosts: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def from_setting(cls, text: str) -> TargetPolicy:
+        """Parse ``CBDASH_ALLOWED_TARGETS`` (CIDRs, addresses and host names)."""
+        networks: list[IPNetwork] = []
+        hosts: set[str] = set()
+        for item in (part.strip() for part in (text or "").split(",")):
+            if not item:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(item.strip("[]"), strict=False))
+            except ValueError:
+                hosts.add(item.lower().rstrip("."))
+        return cls(tuple(networks), frozenset(hosts))
+
+    def host_allowed(self, host: str) -> bool:
+        host = host.lower().rstrip(".")
+        return any(host == h or (h.startswith(".") and host.endswith(h)) for h in self.hosts)
+
+    def address_allowed(self, ip: IPAddress) -> bool:
+        return any(ip.version == net.version and ip in net for net in self.networks)
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped:
+        return ip.ipv4_mapped
+    if any(ip in net for net in _NAT64):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.sixtofour:
+        return ip.sixtofour
+    if ip.teredo:
+        return ip.teredo[1]
+    # IPv4-compatible (deprecated) ::a.b.c.d
+    if int(ip) >> 32 == 0 and int(ip) > 1:
+        return ipaddress.IPv4Address(int(ip))
+    return None
+
+
+def address_blocked(ip: IPAddress) -> str | None:
+    """Why ``ip`` is not a public unicast address, or None when it is."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id:
+            return "a scoped IPv6 address"
+        inner = _embedded_ipv4(ip)
+        if inner is not None:
+            reason = address_blocked(inner)
+            return f"{reason} (embedded in {ip})" if reason else None
+    checks = (
+        (ip.is_unspecified, "an unspecified address"),
+        (ip.is_loopback, "a loopback address"),
+        (ip.is_link_local, "a link-local address (cloud metadata lives here)"),
+        (ip.is_multicast, "a multicast address"),
+        (any(ip in net for net in _METADATA if net.version == ip.version), "a metadata address"),
+        (ip.is_private, "a private address"),
+        (ip.is_reserved, "a reserved address"),
+        (not ip.is_global, "a non-public address"),
+    )
+    for hit, reason in checks:
+        if hit:
+            return reason
+    return None
+
+
+def parse_ip_literal(host: str) -> IPAddress | None:
+    """The address ``host`` spells, including decimal/octal/hex IPv4 forms; else None."""
+    host = host.strip("[]")
+    try:
+        return ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        pass
+    if re.fullmatch(r"[0-9a-fx.]+", host.lower()) and not re.search(r"[g-wyz]", host.lower()):
+        try:  # inet_aton accepts 2130706433, 0x7f.1, 0177.0.0.1 ... as the OS resolver does
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
+def split_url(url: str) -> tuple[str, str, int]:
+    """Validate the URL's shape; return (scheme, host, port) or raise TargetError."""
+    invalid = ErrorClass.INVALID_URL
+    if not isinstance(url, str) or not url.strip():
+        raise TargetError("Enter a URL.", invalid)
+    if len(url) > 2048:
+        raise TargetError("The URL is longer than 2048 characters.", invalid)
+    if any(ord(c) < 33 or ord(c) == 127 for c in url):
+        raise TargetError("The URL contains spaces or control characters.", invalid)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise TargetError(f"The URL is not valid: {exc}.", invalid) from exc
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise TargetError("Only http:// and https:// URLs can be called.", invalid)
+    host = parts.hostname or ""
+    if not host:
+        raise TargetError("The URL has no host name.", invalid)
+    if parse_ip_literal(host) is None:
+        try:
+            ascii_host = host.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise TargetError("The host name is not valid.", invalid) from exc
+        labels = ascii_host.rstrip(".").split(".")
+        if len(ascii_host) > 253 or not all(_LABEL.match(label) for label in labels):
+            raise TargetError(
+                "The host name is not valid (empty label, a label over 63 characters, "
+                "or characters a host name cannot have).",
+                invalid,
+            )
+        host = ascii_host
+    return scheme, host, port or (443 if scheme == "https" else 80)
+
+
+def resolve(host: str, port: int, timeout: float) -> list[tuple[int, IPAddress]]:
+    """Resolve ``host`` within ``timeout`` seconds into (family, address) pairs."""
+    literal = parse_ip_literal(host)
+    if literal is not None:
+        family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+        return [(family, literal)]
+    future = _resolver_pool.submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+    try:
+        infos = future.result(timeout=max(timeout, 0.05))
+    except FutureTimeout as exc:
+        raise TargetError(f"DNS lookup for {host} timed out.", ErrorClass.TIMEOUT) from exc
+    except (socket.gaierror, UnicodeError, OSError) as exc:
+        raise TargetError(f"DNS lookup for {host} failed: {exc}.", ErrorClass.DNS) from exc
+    seen: list[tuple[int, IPAddress]] = []
+    for family, _type, _proto, _name, sockaddr in infos:
+        ip = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
+        if (family, ip) not in seen:
+            seen.append((family, ip))
+    return seen
+
+
+def check_addresses(
+    host: str, addresses: list[tuple[int, IPAddress]], policy: TargetPolicy
+) -> list[tuple[int, IPAddress]]:
+    """Keep the addresses the policy allows; raise TargetError when none is allowed."""
+    if policy.host_allowed(host):
+        return addresses
+    for _family, ip in addresses:
+        if policy.address_allowed(ip):
+            continue
+        reason = address_blocked(ip)
+        if reason:
+            # One bad address blocks the host: an attacker controls which one we'd pick.
+            raise TargetError(f"{host} resolves to {ip}, {reason}. {ALLOW_HINT}")
+    return addresses
+
+
+def check_target(url: str, policy: TargetPolicy, timeout: float = 2.0) -> None:
+    """Validate a URL for saving: its shape, and its addresses when the name resolves.
+
+    A name that does not resolve yet is accepted (the receiver may not be deployed);
+    every attempt resolves and checks again.
+    """
+    _scheme, host, port = split_url(url)
+    try:
+        addresses = resolve(host, port, timeout)
+    except TargetError as exc:
+        if exc.error_class in (ErrorClass.DNS, ErrorClass.TIMEOUT):
+            return
+        raise
+    check_addresses(host, addresses, policy)

@@ -1,0 +1,22 @@
+"""Blueprints, one per page family."""
+
+from __future__ import annotations
+
+from flask import Flask, redirect, url_for
+
+
+def register(app: Flask) -> None:
+    from ..extensions import csrf
+    from . import api, auth, callbacks, deliveries, ops
+
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(callbacks.bp)
+    app.register_blueprint(deliveries.bp)
+    app.register_blueprint(ops.bp)
+    # Bearer-token API: no cookies are honoured there, so CSRF does not apply.
+    csrf.exempt(api.bp)
+    app.register_blueprint(api.bp)
+
+    @app.get("/")
+    def index():  # type: ignore[no-untyped-def]
+        return redirect(url_for("callbacks.index"))

@@ -1,0 +1,310 @@
+"""JSON API under /api/v1 with bearer tokens. Every error is JSON with a 4xx code."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from .. import dispatch, serializers
+from ..constants import DeliveryKind, DeliveryStatus
+from ..extensions import db
+from ..models import Callback, Delivery, Event
+from ..permissions import allowed
+from ..services import audit, callbacks, delivery, settings
+from ..services import tokens as token_service
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+EVENT_FIELDS = {"definition", "payload"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, fields: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.fields = status, code, message, fields or {}
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError) -> Response:
+    response = jsonify({"error": {"code": exc.code, "message": exc.message, "fields": exc.fields}})
+    response.status_code = exc.status
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="cbdash"'
+    return response
+
+
+@bp.before_request
+def _authenticate() -> None:
+    if request.endpoint == "api.openapi":
+        return
+    token = token_service.authenticate(request.headers.get("Authorization"))
+    if token is None:
+        # Cookies are never accepted here: a logged-in browser cannot be tricked into calls.
+        raise ApiError(401, "unauthorized", "A valid API token is required (Authorization: Bearer <token>).")
+    g.api_token = token
+
+
+def _need(permission: str) -> None:
+    if not allowed(g.api_token.role, permission):
+        raise ApiError(403, "forbidden", f"This token's role ({g.api_token.role}) cannot do that.")
+
+
+def _json_body(allow_empty: bool = False) -> dict[str, Any]:
+    limit = settings.current().payload_limit
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "payload_too_large", f"The request body is over {limit} bytes.")
+    raw = request.get_data(cache=True)
+    if len(raw) > limit:
+        raise ApiError(413, "payload_too_large", f"The request body is over {limit} bytes.")
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise ApiError(400, "invalid_json", "Send a JSON object in the request body.")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc}.") from exc
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_json", "The body must be a JSON object.")
+    return data
+
+
+def _unknown(data: dict[str, Any], known: set[str]) -> None:
+    extra = sorted(set(data) - known)
+    if extra:
+        raise ApiError(
+            400,
+            "unknown_fields",
+            "Unknown fields: " + ", ".join(extra[:10]) + ".",
+            {name: "Unknown field." for name in extra[:10]},
+        )
+
+
+def _int_arg(name: str) -> int | None:
+    raw = request.args.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"{name} must be a whole number.",
+            {name: "Must be a whole number."},
+        ) from exc
+
+
+def _event_response(event: Event) -> dict[str, Any]:
+    ids = list(
+        db.session.scalars(
+            select(Delivery.id)
+            .where(Delivery.event_id == event.id, Delivery.kind == DeliveryKind.EVENT)
+            .order_by(Delivery.id)
+        )
+    )
+    return {"event_id": event.uid, "definition": event.definition, "delivery_ids": ids}
+
+
+@bp.post("/events")
+def create_event():  # type: ignore[no-untyped-def]
+    _need("manage")
+    data = _json_body()
+    _unknown(data, EVENT_FIELDS)
+    definition = data.get("definition")
+    if not isinstance(definition, str) or not callbacks.NAME_RE.match(definition):
+        raise ApiError(
+            400,
+            "invalid_field",
+            "definition must be a definition name (3–100 of a-z 0-9 _ . -).",
+            {"definition": "Invalid definition name."},
+        )
+    if "payload" not in data:
+        raise ApiError(400, "invalid_field", "payload is required.", {"payload": "Required."})
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        key = key.strip()
+        if not key or len(key) > 255:
+            raise ApiError(400, "invalid_header", "Idempotency-Key must be 1–255 characters.")
+        existing = db.session.scalar(select(Event).where(Event.idempotency_key == key))
+        if existing is not None:
+            return jsonify({**_event_response(existing), "idempotent_replay": True}), 202
+    event, deliveries = delivery.create_event(definition, data["payload"], idempotency_key=key)
+    try:
+        db.session.commit()
+    except IntegrityError:  # a concurrent request with the same key won
+        db.session.rollback()
+        existing = db.session.scalar(select(Event).where(Event.idempotency_key == key))
+        if existing is None:
+            raise
+        return jsonify({**_event_response(existing), "idempotent_replay": True}), 202
+    dispatch.enqueue([d.id for d in deliveries])
+    return jsonify(_event_response(event)), 202
+
+
+def _get_callback(callback_id: int) -> Callback:
+    cb = db.session.get(Callback, callback_id)
+    if cb is None or cb.deleted_at is not None:
+        raise ApiError(404, "not_found", f"No callback with id {callback_id}.")
+    return cb
+
+
+def _failing_after() -> int:
+    return settings.current().failing_after
+
+
+@bp.get("/callbacks")
+def list_callbacks():  # type: ignore[no-untyped-def]
+    status = request.args.get("status", "all")
+    if status not in {"all", "active", "inactive"}:
+        raise ApiError(400, "invalid_parameter", "status must be all, active or inactive.")
+    page = _int_arg("page") or 1
+    per_page = min(max(_int_arg("per_page") or 50, 1), 200)
+    listing = callbacks.listing(status, request.args.get("q", "")[:200], "newest", page, per_page)
+    return jsonify(
+        {
+            "data": [serializers.callback(cb, _failing_after()) for cb in listing.items],
+            "page": listing.page,
+            "pages": listing.pages,
+            "total": listing.total,
+        }
+    )
+
+
+@bp.post("/callbacks")
+def create_callback():  # type: ignore[no-untyped-def]
+    _need("manage")
+    data = _json_body()
+    _unknown(data, callbacks.FIELDS)
+    clean, errors = callbacks.validate(data)
+    if errors:
+        raise ApiError(400, "invalid_fields", "Some fields are not valid.", errors)
+    cb = callbacks.create(clean)
+    db.session.flush()
+    audit.record("callback.create", "callback", cb.id, {"definition": cb.definition, "url": cb.url})
+    db.session.commit()
+    return jsonify(serializers.callback(cb, _failing_after())), 201
+
+
+@bp.get("/callbacks/<int:callback_id>")
+def get_callback(callback_id: int):  # type: ignore[no-untyped-def]
+    return jsonify(serializers.callback(_get_callback(callback_id), _failing_after()))
+
+
+@bp.patch("/callbacks/<int:callback_id>")
+def update_callback(callback_id: int):  # type: ignore[no-untyped-def]
+    _need("manage")
+    cb = _get_callback(callback_id)
+    data = _json_body()
+    _unknown(data, callbacks.FIELDS)
+    clean, errors = callbacks.validate(data, partial=True)
+    if errors:
+        raise ApiError(400, "invalid_fields", "Some fields are not valid.", errors)
+    changes = callbacks.update(cb, clean)
+    if changes:
+        action = "callback.edit"
+        if set(changes) == {"active"}:
+            action = "callback.activate" if cb.active else "callback.deactivate"
+        audit.record(action, "callback", cb.id, {"changes": changes})
+    db.session.commit()
+    return jsonify(serializers.callback(cb, _failing_after()))
+
+
+@bp.delete("/callbacks/<int:callback_id>")
+def delete_callback(callback_id: int):  # type: ignore[no-untyped-def]
+    _need("manage")
+    cb = _get_callback(callback_id)
+    callbacks.soft_delete(cb)
+    audit.record("callback.delete", "callback", cb.id, {"definition": cb.definition})
+    db.session.commit()
+    return "", 204
+
+
+@bp.post("/callbacks/<int:callback_id>/ping")
+def ping_callback(callback_id: int):  # type: ignore[no-untyped-def]
+    _need("ping")
+    cb = _get_callback(callback_id)
+    _json_body(allow_empty=True)
+    d = delivery.create_ping(cb)
+    db.session.commit()
+    dispatch.enqueue([d.id], at_front=True)
+    return jsonify(serializers.delivery(d)), 202
+
+
+@bp.post("/callbacks/<int:callback_id>/rotate-secret")
+def rotate_secret(callback_id: int):  # type: ignore[no-untyped-def]
+    _need("secrets")
+    cb = _get_callback(callback_id)
+    callbacks.rotate_secret(cb)
+    audit.record("callback.rotate_secret", "callback", cb.id)
+    db.session.commit()
+    return jsonify({**serializers.callback(cb, _failing_after()), "new_secret": cb.secret})
+
+
+@bp.get("/deliveries")
+def list_deliveries():  # type: ignore[no-untyped-def]
+    stmt = select(Delivery)
+    callback_id = _int_arg("callback_id")
+    if callback_id is not None:
+        stmt = stmt.where(Delivery.callback_id == callback_id)
+    status = request.args.get("status")
+    if status:
+        if status not in {s.value for s in DeliveryStatus}:
+            raise ApiError(400, "invalid_parameter", "Unknown status.", {"status": "Unknown."})
+        stmt = stmt.where(Delivery.status == status)
+    kind = request.args.get("kind")
+    if kind:
+        if kind not in {k.value for k in DeliveryKind}:
+            raise ApiError(400, "invalid_parameter", "Unknown kind.", {"kind": "Unknown."})
+        stmt = stmt.where(Delivery.kind == kind)
+    limit = min(max(_int_arg("limit") or 50, 1), 500)
+    before = _int_arg("before_id")
+    if before is not None:
+        stmt = stmt.where(Delivery.id < before)
+    rows = list(db.session.scalars(stmt.order_by(Delivery.id.desc()).limit(limit)))
+    return jsonify(
+        {
+            "data": [serializers.delivery(d) for d in rows],
+            "next_before_id": rows[-1].id if len(rows) == limit else None,
+        }
+    )
+
+
+def _get_delivery(delivery_id: int) -> Delivery:
+    d = db.session.get(Delivery, delivery_id)
+    if d is None:
+        raise ApiError(404, "not_found", f"No delivery with id {delivery_id}.")
+    return d
+
+
+@bp.get("/deliveries/<int:delivery_id>")
+def get_delivery(delivery_id: int):  # type: ignore[no-untyped-def]
+    return jsonify(serializers.delivery(_get_delivery(delivery_id), with_attempts=True))
+
+
+@bp.post("/deliveries/<int:delivery_id>/redeliver")
+def redeliver(delivery_id: int):  # type: ignore[no-untyped-def]
+    _need("redeliver")
+    original = _get_delivery(delivery_id)
+    _json_body(allow_empty=True)
+    d = delivery.create_redelivery(original)
+    db.session.flush()
+    audit.record("delivery.redeliver", "delivery", original.id, {"new_delivery_id": d.id})
+    db.session.commit()
+    dispatch.enqueue([d.id])
+    return jsonify(serializers.delivery(d)), 202
+
+
+@bp.get("/openapi.json")
+def openapi():  # type: ignore[no-untyped-def]
+    from ..openapi import document
+
+    return jsonify(document(current_app.config["PAYLOAD_LIMIT"]))
+
+
+@bp.route("/<path:_rest>", methods=["GET", "POST", "PATCH", "PUT", "DELETE"])
+def not_found(_rest: str):  # type: ignore[no-untyped-def]
+    raise ApiError(404, "not_found", "No such API endpoint. See /api/v1/openapi.json.")
