@@ -13,12 +13,22 @@ log = logging.getLogger(__name__)
 _app: Flask | None = None
 
 
-def _ensure_app():  # type: ignore[no-untyped-def]
-    """The app context jobs run in: the worker's, or one created once per process."""
+def use_app(app: Flask) -> None:
+    """Make jobs in this process run in ``app`` (the worker sets it once)."""
     global _app
-    if has_app_context():
-        return None
+    _app = app
+
+
+def _ensure_app():  # type: ignore[no-untyped-def]
+    """A fresh app context (and so a fresh session) per job.
+
+    In a worker, ``use_app`` names the app; without it, an active context is
+    reused (jobs run inline, as in tests) or an app is created once per process.
+    """
+    global _app
     if _app is None:
+        if has_app_context():
+            return None
         from . import create_app
 
         _app = create_app()
@@ -46,15 +56,13 @@ def deliver(delivery_ids: list[int]) -> None:
             if outcome is not None and outcome.retry_at is not None:
                 dispatch.schedule(outcome.delivery_id, outcome.retry_at, outcome.timeout)
     finally:
-        db.session.remove()
         if ctx is not None:
-            ctx.pop()
+            ctx.pop()  # app-context teardown also removes the session
 
 
 def reconcile() -> dict[str, int]:
     """Re-enqueue what the queue lost and reclaim what dead workers held."""
     from . import dispatch
-    from .extensions import db
     from .services import delivery
 
     ctx = _ensure_app()
@@ -73,6 +81,5 @@ def reconcile() -> dict[str, int]:
             dispatch.enqueue(ids)
         return {"reclaimed": len(stale), "requeued": len(ids)}
     finally:
-        db.session.remove()
         if ctx is not None:
-            ctx.pop()
+            ctx.pop()  # app-context teardown also removes the session

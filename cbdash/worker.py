@@ -63,9 +63,12 @@ def run(app: Flask, *, burst: bool = False, name: str | None = None) -> None:
             name="cbdash-reconciler",
         )
         thread.start()
-    with app.app_context():
-        worker = SimpleWorker([queue], connection=queue.connection, name=owner)
-        try:
-            worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
-        finally:
-            stop.set()
+    from . import jobs
+
+    # No long-lived app context: each job pushes its own, so its session is fresh.
+    jobs.use_app(app)
+    worker = SimpleWorker([queue], connection=queue.connection, name=owner)
+    try:
+        worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
+    finally:
+        stop.set()

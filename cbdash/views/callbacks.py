@@ -49,9 +49,7 @@ def _state() -> dict:
 
 
 def _panel_context(state: dict) -> dict:
-    per_page = int(request.args.get("per_page", 0) or 0) or int(
-        db.get_app().config["PAGE_SIZE"]  # type: ignore[attr-defined]
-    )
+    per_page = int(current_app.config["PAGE_SIZE"])
     per_page = min(max(per_page, 5), 100)
     listing = callbacks.listing(state["status"], state["q"], state["sort"], state["page"], per_page)
     return {
