@@ -23,6 +23,18 @@ PUBLIC_ENDPOINTS = {
     "ops.metrics",
 }
 
+# Settings › System pages, in sidebar order: (label, endpoint, permission needed).
+# A page shows up only when its blueprint is registered.
+NAV = [
+    ("Callbacks", "callbacks.index", "view"),
+    ("Deliveries", "deliveries.index", "view"),
+    ("Monitoring", "monitoring.index", "view"),
+    ("Inbound webhooks", "inbound.index", "view"),
+    ("API tokens", "tokens.index", "admin"),
+    ("Users", "users.index", "admin"),
+    ("Audit log", "audit.index", "admin"),
+]
+
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
@@ -136,6 +148,14 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(CSRFError, _on_csrf_error)
     app.register_error_handler(HTTPException, _on_http_error)
     app.register_error_handler(Exception, _on_unexpected)
+
+    @app.context_processor
+    def _nav() -> dict:
+        """Sidebar entries for the pages this install has, filtered by role."""
+        items = [(label, endpoint) for label, endpoint, perm in NAV
+                 if endpoint in app.view_functions
+                 and current_user.is_authenticated and current_user.can(perm)]
+        return {"nav_items": items}
 
     @app.context_processor
     def _globals() -> dict:
