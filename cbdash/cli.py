@@ -76,6 +76,8 @@ def up(host: str, port: int, workers: int) -> None:
     def _stop(*_args: object) -> None:
         raise KeyboardInterrupt
 
+    # Explicit handlers: a shell may start us with SIGINT ignored (background jobs).
+    signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     try:
         server.serve_forever()
