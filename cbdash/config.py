@@ -38,6 +38,9 @@ SETTINGS: dict[str, tuple[Any, Any, str]] = {
     "ALERT_URL": ("", str, "optional URL that receives a JSON alert when a callback is disabled"),
     "RETENTION_DAYS": (30, int, "attempts and payloads older than this are pruned"),
     "PAGE_SIZE": (25, int, "rows per page in tables"),
+    "BREAKER_FAILURES": (5, int, "failed sync invocations within the window that open a breaker (0: off)"),
+    "BREAKER_WINDOW": (60, int, "seconds in which BREAKER_FAILURES failures open a callback's breaker"),
+    "BREAKER_COOLDOWN": (30, int, "seconds an open breaker skips the receiver before one trial call"),
     "METRICS_TOKEN": ("", str, "bearer token for /metrics; empty: loopback clients only"),
     "QUEUE_NAME": ("cbdash", str, "RQ queue name"),
 }

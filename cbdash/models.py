@@ -89,6 +89,13 @@ class Callback(db.Model):
     priority: Mapped[int] = mapped_column(default=100)
     failure_policy: Mapped[str] = mapped_column(String(16), default="fail")
     fallback_response: Mapped[Any | None] = mapped_column(JSON)
+    # Circuit breaker for synchronous invocations (services/breaker.py).
+    breaker_state: Mapped[str] = mapped_column(String(16), default="closed", server_default="closed")
+    breaker_since: Mapped[datetime | None]
+    breaker_reason: Mapped[str | None] = mapped_column(String(255))
+    breaker_failures: Mapped[int] = mapped_column(default=0, server_default="0")
+    breaker_window_start: Mapped[datetime | None]
+    breaker_trial_until: Mapped[datetime | None]
     consecutive_failures: Mapped[int] = mapped_column(default=0)
     failing_since: Mapped[datetime | None]
     last_attempt_at: Mapped[datetime | None]
