@@ -43,6 +43,16 @@ SETTINGS: dict[str, tuple[Any, Any, str]] = {
     "BREAKER_COOLDOWN": (30, int, "seconds an open breaker skips the receiver before one trial call"),
     "METRICS_TOKEN": ("", str, "bearer token for /metrics; empty: loopback clients only"),
     "QUEUE_NAME": ("cbdash", str, "RQ queue name"),
+    "TRUSTED_PROXIES": (
+        0,
+        int,
+        "reverse proxies in front of cbdash whose X-Forwarded-For/-Proto/-Host are trusted",
+    ),
+    "SECURE_COOKIES": (
+        False,
+        lambda v: _parse_bool(v),
+        "always mark cookies Secure (they are anyway on HTTPS requests)",
+    ),
 }
 
 

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, flash, jsonify, redirect, render_template, request, url_for
+import json
+
+from flask import (
+    Flask,
+    Response,
+    flash,
+    has_request_context,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask.sessions import SecureCookieSessionInterface
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import formatting, htmx
 from .extensions import db, login_manager
@@ -57,31 +71,68 @@ def _login_required() -> Response | None:
         return None
     if current_user.is_authenticated:
         return None
+    return _to_login()
+
+
+def _to_login() -> Response:
+    """Send a signed-out browser to the login (or first-run) page, then back here."""
     if db.session.scalar(select(User.id).limit(1)) is None:
         target = url_for("auth.setup")
     else:
-        back = request.headers.get("HX-Current-URL") if htmx.is_htmx() else request.full_path
-        target = url_for("auth.login", next=_local_path(back))
+        # htmx tells us the page the user is looking at; a plain GET comes back to itself;
+        # a plain POST cannot be replayed, so it comes back to the page it was posted from.
+        if htmx.is_htmx():
+            back = request.headers.get("HX-Current-URL")
+        elif request.method == "GET":
+            back = request.full_path
+        else:
+            back = request.referrer
+        target = url_for("auth.login", next=_local_path(back, same_host=True))
     if htmx.is_htmx():
         # Never let a login page land inside a table cell: ask for a full navigation.
         response = Response("Your session has expired. Please sign in again.", status=401)
         return htmx.redirect(response, target)
-    if endpoint is None or request.method != "GET":
+    if request.endpoint not in (None, "auth.login") and request.method != "GET":
         flash("Your session has expired. Please sign in again.", "warning")
-    return redirect(target)
+    return redirect(target, code=303)
 
 
-def _local_path(url: str | None) -> str | None:
-    """Only same-site paths are valid ``next`` targets (no open redirect)."""
-    if not url:
+def _local_path(url: str | None, same_host: bool = False) -> str | None:
+    """Only same-site paths are valid ``next`` targets (no open redirect).
+
+    ``/\\evil.example`` and paths with tabs or newlines count as absolute URLs in
+    browsers, so anything but a plain path is refused. With ``same_host``, a full
+    URL (a Referer or HX-Current-URL header) is accepted when it names this host.
+    """
+    if not url or not isinstance(url, str) or len(url) > 2048:
+        return None
+    if "\\" in url or any(ord(c) < 33 or ord(c) == 127 for c in url):
         return None
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme or parts.netloc:
+        if not (same_host and has_request_context() and parts.netloc == request.host):
+            return None
     path = parts.path or "/"
     if not path.startswith("/") or path.startswith("//"):
         return None
     return path + (f"?{parts.query}" if parts.query else "")
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """Signed-cookie sessions whose cookie is ``Secure`` whenever the request came over HTTPS.
+
+    Behind a TLS-terminating proxy, set CBDASH_TRUSTED_PROXIES so ``request.is_secure``
+    sees X-Forwarded-Proto, or CBDASH_SECURE_COOKIES=1 to always mark cookies Secure.
+    """
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        forced = bool(app.config.get("SESSION_COOKIE_SECURE"))
+        return forced or (has_request_context() and request.is_secure)
 
 
 def _security_headers(response: Response) -> Response:
@@ -89,6 +140,10 @@ def _security_headers(response: Response) -> Response:
     response.headers.setdefault("X-Frame-Options", "DENY")
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    response.headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+    if request.is_secure:
+        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
     if request.endpoint != "static":
         response.headers.setdefault("Cache-Control", "no-store")
     return response
@@ -105,12 +160,19 @@ def _json_error(status: int, code: str, message: str) -> Response:
 
 
 def _on_csrf_error(exc: CSRFError) -> Response | tuple[str, int]:
-    message = "Your session has expired or the form is stale. Reload the page and try again."
+    if not current_user.is_authenticated:
+        # The session cookie is gone (signed out or expired in another tab): the token
+        # could not match. Same answer as the login guard: sign in, then come back.
+        return _to_login()
+    if "missing" in (exc.description or "") and "session" not in (exc.description or ""):
+        message = "This request was refused because it carried no CSRF token. Reload the page and try again."
+    else:
+        message = "Your session has changed or the page is stale. Reload the page and try again."
     if htmx.is_htmx():
         response = Response(message, status=400)
         response.headers["HX-Reswap"] = "none"
-        return htmx.trigger(response, '{"cbdash:error": "' + message + '"}')
-    return render_template("error.html", code=400, title="Session expired", message=message), 400
+        return htmx.trigger(response, json.dumps({"cbdash:error": message}))
+    return render_template("error.html", code=400, title="Request refused", message=message), 400
 
 
 def _on_http_error(exc: HTTPException) -> Response | tuple[str, int]:
@@ -143,6 +205,15 @@ def _on_unexpected(exc: Exception) -> Response | tuple[str, int]:
 
 def init_app(app: Flask) -> None:
     formatting.register(app)
+    app.session_interface = SessionInterface()
+    if app.config.get("SECURE_COOKIES"):
+        app.config["SESSION_COOKIE_SECURE"] = True
+        app.config["REMEMBER_COOKIE_SECURE"] = True
+    proxies = int(app.config.get("TRUSTED_PROXIES") or 0)
+    if proxies > 0:
+        # Only as many X-Forwarded-* hops as there are proxies: a client cannot spoof
+        # its address (throttling) or HTTPS (Secure cookies) past them.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)  # type: ignore[method-assign]
     app.before_request(_login_required)
     app.after_request(_security_headers)
     app.register_error_handler(CSRFError, _on_csrf_error)
@@ -152,9 +223,11 @@ def init_app(app: Flask) -> None:
     @app.context_processor
     def _nav() -> dict:
         """Sidebar entries for the pages this install has, filtered by role."""
-        items = [(label, endpoint) for label, endpoint, perm in NAV
-                 if endpoint in app.view_functions
-                 and current_user.is_authenticated and current_user.can(perm)]
+        items = [
+            (label, endpoint)
+            for label, endpoint, perm in NAV
+            if endpoint in app.view_functions and current_user.is_authenticated and current_user.can(perm)
+        ]
         return {"nav_items": items}
 
     @app.context_processor

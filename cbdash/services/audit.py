@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..extensions import db
+from ..formatting import MASK, mask_url
 from ..models import AuditEntry
 
 
@@ -45,11 +47,30 @@ def record(
     return entry
 
 
-def _jsonable(value: Any) -> Any:
+# Detail keys whose values are URLs (credentials and query tokens get masked) or
+# secrets (never written to the log at all).
+_URL_KEYS = {"url", "location", "alert_url"}
+_SECRET_KEYS = re.compile(r"secret|password|token|headers", re.I)
+_MAX_STRING = 1000
+
+
+def _jsonable(value: Any, key: str = "") -> Any:
+    """A JSON-safe copy of ``value`` with URLs masked and secret values redacted."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        if _SECRET_KEYS.search(key):
+            return {str(k): MASK for k in value}  # keep the header names, drop the values
+        return {str(k): _jsonable(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
+        return [_jsonable(v, key) for v in value]
+    if isinstance(value, bool | int | float) or value is None:
         return value
-    return str(value)
+    text = str(value)
+    if _SECRET_KEYS.search(key) and key not in _PLAIN_KEYS:
+        return MASK if text else ""
+    if key in _URL_KEYS:
+        text = mask_url(text)
+    return text[:_MAX_STRING]
+
+
+# Names that match the secret pattern but hold no secret.
+_PLAIN_KEYS = {"token_name", "token_prefix"}

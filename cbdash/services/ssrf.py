@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -21,12 +22,26 @@ from ..constants import ErrorClass
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# (host, port) -> getaddrinfo-style tuples; tests inject one to control what names resolve to.
+Resolver = Callable[[str, int], list[tuple]]
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 # Prefixes that embed an IPv4 address in an IPv6 one: the embedded address decides.
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 # Cloud metadata endpoints that are not already private or link-local everywhere.
 _METADATA = (ipaddress.ip_network("100.100.100.200/32"), ipaddress.ip_network("fd00:ec2::/32"))
+# Names that mean "this machine" or "the cloud metadata service" whatever DNS says
+# (RFC 6761 reserves localhost; /etc/hosts may map the others).
+_LOCAL_NAMES = frozenset(
+    {
+        "localhost",
+        "localhost.localdomain",
+        "ip6-localhost",
+        "ip6-loopback",
+        "metadata",
+        "metadata.google.internal",
+    }
+)
 _resolver_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cbdash-dns")
 
 ALLOW_HINT = (
@@ -102,6 +117,7 @@ def address_blocked(ip: IPAddress) -> str | None:
         (ip.is_loopback, "a loopback address"),
         (ip.is_link_local, "a link-local address (cloud metadata lives here)"),
         (ip.is_multicast, "a multicast address"),
+        (isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local, "a site-local address"),
         (any(ip in net for net in _METADATA if net.version == ip.version), "a metadata address"),
         (ip.is_private, "a private address"),
         (ip.is_reserved, "a reserved address"),
@@ -137,6 +153,10 @@ def split_url(url: str) -> tuple[str, str, int]:
         raise TargetError("The URL is longer than 2048 characters.", invalid)
     if any(ord(c) < 33 or ord(c) == 127 for c in url):
         raise TargetError("The URL contains spaces or control characters.", invalid)
+    if "\\" in url:
+        # Parsers disagree about backslashes (http://a\\@b/ is host a for some, b for
+        # others); refuse them so the host we check is the host every parser sees.
+        raise TargetError("The URL contains a backslash; use / in URLs.", invalid)
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -148,9 +168,14 @@ def split_url(url: str) -> tuple[str, str, int]:
     host = parts.hostname or ""
     if not host:
         raise TargetError("The URL has no host name.", invalid)
+    if "%" in host or ("[" in parts.netloc and ":" not in host):
+        # Zone ids and percent-encoded hosts have no public use and confuse parsers.
+        raise TargetError("The host name is not valid.", invalid)
+    if port == 0:
+        raise TargetError("Port 0 cannot be called.", invalid)
     if parse_ip_literal(host) is None:
         try:
-            ascii_host = host.encode("idna").decode("ascii")
+            ascii_host = host.encode("idna").decode("ascii").lower()
         except UnicodeError as exc:
             raise TargetError("The host name is not valid.", invalid) from exc
         labels = ascii_host.rstrip(".").split(".")
@@ -160,17 +185,31 @@ def split_url(url: str) -> tuple[str, str, int]:
                 "or characters a host name cannot have).",
                 invalid,
             )
-        host = ascii_host
+        if parse_ip_literal(ascii_host) is not None:
+            # A Unicode spelling of an address (e.g. circled digits): judge the address.
+            host = str(parse_ip_literal(ascii_host))
+        elif labels[-1].isdigit():
+            # Not a name (no top-level domain is numeric) and not an address inet_aton reads.
+            raise TargetError("The host is neither a valid IP address nor a host name.", invalid)
+        else:
+            host = ascii_host
     return scheme, host, port or (443 if scheme == "https" else 80)
 
 
-def resolve(host: str, port: int, timeout: float) -> list[tuple[int, IPAddress]]:
+def system_resolver(host: str, port: int) -> list[tuple]:
+    """The operating system's resolver (DNS, /etc/hosts, ...)."""
+    return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+
+
+def resolve(
+    host: str, port: int, timeout: float, resolver: Resolver | None = None
+) -> list[tuple[int, IPAddress]]:
     """Resolve ``host`` within ``timeout`` seconds into (family, address) pairs."""
     literal = parse_ip_literal(host)
     if literal is not None:
         family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
         return [(family, literal)]
-    future = _resolver_pool.submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+    future = _resolver_pool.submit(resolver or system_resolver, host, port)
     try:
         infos = future.result(timeout=max(timeout, 0.05))
     except FutureTimeout as exc:
@@ -179,37 +218,59 @@ def resolve(host: str, port: int, timeout: float) -> list[tuple[int, IPAddress]]
         raise TargetError(f"DNS lookup for {host} failed: {exc}.", ErrorClass.DNS) from exc
     seen: list[tuple[int, IPAddress]] = []
     for family, _type, _proto, _name, sockaddr in infos:
-        ip = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
+        try:
+            ip = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
+        except ValueError:
+            continue
         if (family, ip) not in seen:
             seen.append((family, ip))
+    if not seen:
+        raise TargetError(f"DNS lookup for {host} returned no addresses.", ErrorClass.DNS)
     return seen
+
+
+def name_blocked(host: str) -> bool:
+    """True for names that always mean this machine or a metadata service."""
+    name = host.lower().rstrip(".")
+    return name in _LOCAL_NAMES or name.endswith(".localhost")
 
 
 def check_addresses(
     host: str, addresses: list[tuple[int, IPAddress]], policy: TargetPolicy
 ) -> list[tuple[int, IPAddress]]:
-    """Keep the addresses the policy allows; raise TargetError when none is allowed."""
+    """Keep the addresses the policy allows; raise TargetError when any is refused."""
     if policy.host_allowed(host):
         return addresses
+    if name_blocked(host):
+        raise TargetError(f"{host} is this machine or a metadata service. {ALLOW_HINT}")
+    literal = parse_ip_literal(host)
     for _family, ip in addresses:
         if policy.address_allowed(ip):
             continue
         reason = address_blocked(ip)
         if reason:
             # One bad address blocks the host: an attacker controls which one we'd pick.
+            if literal is not None:
+                # Spell out what 2130706433, 0x7f.1 or 0177.0.0.1 really are.
+                spelled = host if ip.version == 6 or str(ip) == host else f"{host} (that is {ip})"
+                raise TargetError(f"{spelled} is {reason}. {ALLOW_HINT}")
             raise TargetError(f"{host} resolves to {ip}, {reason}. {ALLOW_HINT}")
     return addresses
 
 
-def check_target(url: str, policy: TargetPolicy, timeout: float = 2.0) -> None:
+def check_target(
+    url: str, policy: TargetPolicy, timeout: float = 2.0, resolver: Resolver | None = None
+) -> None:
     """Validate a URL for saving: its shape, and its addresses when the name resolves.
 
     A name that does not resolve yet is accepted (the receiver may not be deployed);
     every attempt resolves and checks again.
     """
     _scheme, host, port = split_url(url)
+    if name_blocked(host) and not policy.host_allowed(host):
+        raise TargetError(f"{host} is this machine or a metadata service. {ALLOW_HINT}")
     try:
-        addresses = resolve(host, port, timeout)
+        addresses = resolve(host, port, timeout, resolver)
     except TargetError as exc:
         if exc.error_class in (ErrorClass.DNS, ErrorClass.TIMEOUT):
             return
