@@ -8,11 +8,13 @@ from flask import Flask, redirect, url_for
 def register(app: Flask) -> None:
     from ..extensions import csrf
     from . import api, auth, callbacks, deliveries, ops
+    from . import invoke, sync  # noqa: F401 - invoke adds its routes to api.bp, so before registering it
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(callbacks.bp)
     app.register_blueprint(deliveries.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(sync.bp)
     # Bearer-token API: no cookies are honoured there, so CSRF does not apply.
     csrf.exempt(api.bp)
     app.register_blueprint(api.bp)
