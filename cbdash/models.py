@@ -230,3 +230,49 @@ class AuditEntry(db.Model):
     target_id: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     ip: Mapped[str | None] = mapped_column(String(64))
+
+
+class StatsRollup(db.Model):
+    """Attempt and delivery-outcome counts per callback (0 = all) per minute, hour or all time.
+
+    Updated in the transaction that records each attempt, so monitoring never scans
+    the attempts table; kept apart from it (no foreign keys) so it survives pruning.
+    """
+
+    __tablename__ = "stats_rollups"
+    __table_args__ = (Index("ux_stats_rollups_key", "resolution", "callback_id", "bucket", unique=True),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    resolution: Mapped[int]  # seconds per bucket: 60, 3600, or 0 for "since the start"
+    callback_id: Mapped[int]
+    bucket: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    attempts_ok: Mapped[int] = mapped_column(default=0, server_default="0")
+    fail_timeout: Mapped[int] = mapped_column(default=0, server_default="0")
+    fail_connect: Mapped[int] = mapped_column(default=0, server_default="0")
+    fail_tls: Mapped[int] = mapped_column(default=0, server_default="0")
+    fail_dns: Mapped[int] = mapped_column(default=0, server_default="0")
+    fail_blocked: Mapped[int] = mapped_column(default=0, server_default="0")
+    fail_redirect: Mapped[int] = mapped_column(default=0, server_default="0")
+    fail_4xx: Mapped[int] = mapped_column(default=0, server_default="0")
+    fail_5xx: Mapped[int] = mapped_column(default=0, server_default="0")
+    fail_other: Mapped[int] = mapped_column(default=0, server_default="0")
+    duration_ms_sum: Mapped[float] = mapped_column(default=0.0, server_default="0")
+    deliveries_succeeded: Mapped[int] = mapped_column(default=0, server_default="0")
+    deliveries_failed: Mapped[int] = mapped_column(default=0, server_default="0")
+
+
+class LatencyRollup(db.Model):
+    """Attempt durations as a histogram (one row per non-empty latency bucket), same scopes."""
+
+    __tablename__ = "latency_rollups"
+    __table_args__ = (
+        Index("ux_latency_rollups_key", "resolution", "callback_id", "bucket", "le_index", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    resolution: Mapped[int]
+    callback_id: Mapped[int]
+    bucket: Mapped[datetime]
+    le_index: Mapped[int]  # index into services.monitoring.LATENCY_BOUNDS_MS
+    count: Mapped[int] = mapped_column(default=0, server_default="0")

@@ -14,6 +14,9 @@ def register(app: Flask) -> None:
     app.register_blueprint(callbacks.bp)
     app.register_blueprint(deliveries.bp)
     app.register_blueprint(ops.bp)
+    from . import api_stats, monitoring  # noqa: F401 - api_stats adds its routes to api.bp
+
+    app.register_blueprint(monitoring.bp)
     app.register_blueprint(sync.bp)
     # Bearer-token API: no cookies are honoured there, so CSRF does not apply.
     csrf.exempt(api.bp)
