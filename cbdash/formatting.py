@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote_plus, urlencode, urlsplit, urlunsplit
 
 from markupsafe import Markup, escape
 
@@ -72,7 +72,9 @@ def mask_url(url: str | None) -> str:
         query = parts.query
         if query:
             pairs = parse_qsl(query, keep_blank_values=True)
-            query = urlencode([(k, MASK if SECRET_PARAM.search(k) else v) for k, v in pairs], safe=MASK)
+            query = urlencode([(k, MASK if SECRET_PARAM.search(k) else v) for k, v in pairs])
+            # urlencode percent-encodes the non-ASCII mask whatever ``safe`` says: show it as itself.
+            query = query.replace(quote_plus(MASK), MASK)
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     except ValueError:
         return url

@@ -5,17 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from flask_wtf import FlaskForm
-from wtforms import EmailField, PasswordField, SelectField, StringField, TextAreaField
+from wtforms import EmailField, PasswordField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Email, Length
 
 from .services import callbacks as callback_rules
+
+# (value, label) pairs of the status select. A plain StringField renders it (the template
+# draws the <select>): the service validates the value, and WTForms' SelectField tuple
+# choices are deprecated.
+STATUS_CHOICES = [("active", "Active"), ("inactive", "Inactive")]
 
 
 class CallbackForm(FlaskForm):
     definition = StringField("Definition name")
     url = StringField("URL")
     timeout = StringField("Timeout (seconds)", default="5")
-    active = SelectField("Status", choices=[("active", "Active"), ("inactive", "Inactive")])
+    active = StringField("Status", default="active")
     description = TextAreaField("Description")
     headers = TextAreaField("Custom headers")
     retry_schedule = StringField("Retry schedule (seconds between attempts)")

@@ -1,6 +1,8 @@
-// cbdash front-end glue: toasts for htmx notices and errors. No inline scripts (CSP).
+// cbdash front-end glue. No inline scripts anywhere (the CSP forbids them): every behaviour
+// here is progressive — the pages work without it, this only makes them quicker to use.
 (function () {
   "use strict";
+
   function toast(message, kind) {
     var box = document.getElementById("toasts");
     if (!box || !message) return;
@@ -20,5 +22,62 @@
   });
   document.addEventListener("htmx:sendError", function () {
     toast("Cannot reach the server. Check your connection and try again.", "error");
+  });
+
+  // Test ping: show "sending…" in the row the moment the button is pressed, before the
+  // server has answered; the server's fragment then replaces it and polls for the result.
+  document.addEventListener("htmx:beforeRequest", function (e) {
+    var form = e.detail.elt;
+    var id = form && form.getAttribute && form.getAttribute("data-ping-result");
+    if (!id) return;
+    var box = document.getElementById(id);
+    if (!box) return;
+    box.className = "ping-result ping-sending";
+    box.textContent = "";
+    var spin = document.createElement("span");
+    spin.className = "spinner";
+    spin.setAttribute("aria-hidden", "true");
+    box.appendChild(spin);
+    box.appendChild(document.createTextNode(" sending…"));
+  });
+
+  // Callback form: the "HTTPS recommended" note follows the URL as it is typed.
+  function syncHttpWarning(input) {
+    var note = document.getElementById(input.getAttribute("data-http-warning"));
+    if (note) note.hidden = !/^\s*http:\/\//i.test(input.value);
+  }
+  document.addEventListener("input", function (e) {
+    var t = e.target;
+    if (t && t.hasAttribute && t.hasAttribute("data-http-warning")) syncHttpWarning(t);
+  });
+
+  // Row "more actions" menus (<details>): one open at a time; click outside or Escape closes.
+  function closeMenus(except) {
+    document.querySelectorAll("details.row-menu[open]").forEach(function (d) {
+      if (d !== except) d.removeAttribute("open");
+    });
+  }
+  document.addEventListener("click", function (e) {
+    var menu = e.target.closest && e.target.closest("details.row-menu");
+    closeMenus(menu);
+  });
+  document.addEventListener("keydown", function (e) {
+    if (e.key !== "Escape") return;
+    var open = document.querySelector("details.row-menu[open]");
+    if (!open) return;
+    open.removeAttribute("open");
+    open.querySelector("summary").focus();
+  });
+
+  // Catalogue links fill the definition field instead of reloading the form.
+  document.addEventListener("click", function (e) {
+    var link = e.target.closest && e.target.closest("a[data-fill]");
+    if (!link) return;
+    var field = document.getElementById(link.getAttribute("data-fill"));
+    if (!field) return;
+    e.preventDefault();
+    field.value = link.getAttribute("data-value");
+    field.dispatchEvent(new Event("input", { bubbles: true }));
+    field.focus();
   });
 })();

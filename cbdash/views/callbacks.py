@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,11 +21,12 @@ from flask import (
 from sqlalchemy import select
 
 from .. import dispatch, htmx
-from ..constants import DeliveryKind, Tab
+from ..constants import ERROR_LABELS, DeliveryKind, ErrorClass, Tab
 from ..extensions import db
-from ..forms import CallbackForm
+from ..forms import STATUS_CHOICES, CallbackForm
 from ..models import Callback, Delivery, utcnow
 from ..permissions import require
+from ..queue import get_redis
 from ..services import audit, callbacks, catalogue, delivery, settings
 from ..services.signing import mask
 
@@ -83,16 +86,24 @@ def _render_panel(status: int = 200):  # type: ignore[no-untyped-def]
 
 @bp.get("")
 def index():  # type: ignore[no-untyped-def]
-    ctx = _panel_context(_state())
-    if htmx.wants_fragment() and request.headers.get("HX-Target") == "callbacks-panel":
-        return htmx.add_vary(make_response(render_template("callbacks/_panel.html", **ctx)))
-    return htmx.add_vary(make_response(render_template("callbacks/index.html", **ctx)))
+    """The full page, always: Back, Reload, bookmarks and history restores land here."""
+    response = make_response(render_template("callbacks/index.html", **_panel_context(_state())))
+    return htmx.add_vary(response)
 
 
 @bp.get("/table")
 def table():  # type: ignore[no-untyped-def]
-    """The tabs, search and table: the fragment tab switches swap."""
-    return _render_panel()
+    """The tabs, search and table: the fragment tab switches, sorting, paging and search swap."""
+    if not htmx.wants_fragment():
+        # A browser (or a history restore) asking for the fragment URL gets the page instead,
+        # so a bare fragment can never become the whole document.
+        return htmx.add_vary(redirect(callbacks_url(), code=302))
+    response = _render_panel()
+    # The address bar shows the page URL, never the fragment URL. Search-as-you-type
+    # replaces the entry instead of stacking one history entry per keystroke.
+    header = "HX-Replace-Url" if request.headers.get("HX-Trigger") == "callbacks-search" else "HX-Push-Url"
+    response.headers[header] = callbacks_url()
+    return response
 
 
 @bp.get("/docs")
@@ -117,12 +128,21 @@ def _get(callback_id: int) -> Callback:
 
 
 def _after_action(message: str):  # type: ignore[no-untyped-def]
-    """htmx: the refreshed panel; plain form post: 303 back to the page."""
+    """htmx: the refreshed panel (table and counts); plain form post: 303 back to the same view."""
     if htmx.is_htmx():
         response = _render_panel()
-        return htmx.trigger(response, '{"cbdash:notice": "' + message.replace('"', "'") + '"}')
+        return htmx.trigger(response, json.dumps({"cbdash:notice": message}))
     flash(message, "success")
     return redirect(callbacks_url(), code=303)
+
+
+def _back_url() -> str | None:
+    """The list view (tab, search, page) an edit came from, if it is a local Callbacks URL."""
+    back = request.values.get("back", "")
+    prefix = url_for("callbacks.index")
+    if back == prefix or back.startswith(prefix + "?"):
+        return back
+    return None
 
 
 @bp.route("/new", methods=["GET", "POST"])
@@ -144,7 +164,14 @@ def new():  # type: ignore[no-untyped-def]
         flash(f"Callback {cb.definition} created.", "success")
         return redirect(url_for("callbacks.detail", callback_id=cb.id), code=303)
     status = 422 if request.method == "POST" else 200
-    return render_template("callbacks/form.html", form=form, cb=None, catalogue=catalogue.CATALOGUE), status
+    return render_template(
+        "callbacks/form.html",
+        form=form,
+        cb=None,
+        catalogue=catalogue.CATALOGUE,
+        status_choices=STATUS_CHOICES,
+        back=None,
+    ), status
 
 
 @bp.route("/<int:callback_id>/edit", methods=["GET", "POST"])
@@ -160,9 +187,16 @@ def edit(callback_id: int):  # type: ignore[no-untyped-def]
             audit.record("callback.edit", "callback", cb.id, {"changes": changes})
         db.session.commit()
         flash(f"Callback {cb.definition} saved.", "success")
-        return redirect(url_for("callbacks.detail", callback_id=cb.id), code=303)
+        return redirect(_back_url() or url_for("callbacks.detail", callback_id=cb.id), code=303)
     status = 422 if request.method == "POST" else 200
-    return render_template("callbacks/form.html", form=form, cb=cb, catalogue=catalogue.CATALOGUE), status
+    return render_template(
+        "callbacks/form.html",
+        form=form,
+        cb=cb,
+        catalogue=catalogue.CATALOGUE,
+        status_choices=STATUS_CHOICES,
+        back=_back_url(),
+    ), status
 
 
 @bp.post("/<int:callback_id>/toggle")
@@ -189,7 +223,7 @@ def toggle(callback_id: int):  # type: ignore[no-untyped-def]
 def delete(callback_id: int):  # type: ignore[no-untyped-def]
     cb = _get(callback_id)
     if request.method == "GET":  # the no-JavaScript confirmation step
-        return render_template("callbacks/confirm_delete.html", cb=cb)
+        return render_template("callbacks/confirm_delete.html", cb=cb, state=_state())
     callbacks.soft_delete(cb)
     audit.record("callback.delete", "callback", cb.id, {"definition": cb.definition, "url": cb.url})
     db.session.commit()
@@ -213,17 +247,42 @@ def _recent_ping(cb: Callback) -> Delivery | None:
     )
 
 
+def _claim_ping_slot(cb: Callback) -> bool:
+    """Atomically take this callback's 3 s ping slot in Redis; True when this request got it."""
+    try:
+        return bool(get_redis().set(f"cbdash:ping-guard:{cb.id}", "1", nx=True, ex=3))
+    except Exception:  # noqa: BLE001 - no Redis: the database check alone still guards
+        current_app.logger.warning("ping guard unavailable (Redis)")
+        return True
+
+
+def _ping_once(cb: Callback) -> Delivery:
+    """The ping for this click: a double-click (or two racing posts) reuses the first one."""
+    d = _recent_ping(cb)
+    if d is not None:
+        return d
+    if not _claim_ping_slot(cb):
+        # A concurrent request holds the slot and is committing its ping: wait for it (bounded).
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            db.session.rollback()  # end the snapshot so the other request's commit is visible
+            d = _recent_ping(cb)
+            if d is not None:
+                return d
+    d = delivery.create_ping(cb)
+    db.session.commit()
+    dispatch.enqueue([d.id], at_front=True)
+    return d
+
+
 @bp.post("/<int:callback_id>/ping")
 @require("ping")
 def ping(callback_id: int):  # type: ignore[no-untyped-def]
     cb = _get(callback_id)
-    d = _recent_ping(cb)
-    if d is None:
-        d = delivery.create_ping(cb)
-        db.session.commit()
-        dispatch.enqueue([d.id], at_front=True)
+    d = _ping_once(cb)
     if htmx.is_htmx():
-        return render_template("callbacks/_ping_result.html", d=d, cb=cb)
+        return render_template("callbacks/_ping_result.html", d=d, cb=cb, polls=0, max_polls=_max_polls(cb))
     flash("Test ping sent. The result appears below when the receiver answers.", "success")
     return redirect(url_for("callbacks.detail", callback_id=cb.id, ping=d.id), code=303)
 
@@ -234,7 +293,32 @@ def ping_result(callback_id: int, delivery_id: int):  # type: ignore[no-untyped-
     d = db.session.get(Delivery, delivery_id)
     if d is None or d.callback_id != cb.id:
         abort(404)
-    return render_template("callbacks/_ping_result.html", d=d, cb=cb)
+    try:
+        polls = min(max(int(request.args.get("n", 0)), 0), 10_000) + 1
+    except ValueError:
+        polls = 1
+    return render_template("callbacks/_ping_result.html", d=d, cb=cb, polls=polls, max_polls=_max_polls(cb))
+
+
+# How often the "sending…" placeholder asks for the result, and for how long: the
+# callback's timeout plus a margin for the queue, so a missing worker cannot make a
+# row poll forever.
+PING_POLL_SECONDS = 0.7
+
+
+def _max_polls(cb: Callback) -> int:
+    return int((cb.timeout + 20) / PING_POLL_SECONDS)
+
+
+@bp.app_template_filter("error_label")
+def error_label(error_class: str | None) -> str:
+    """A reader's name for an attempt's error class (``connect`` → "Connection failed")."""
+    if not error_class:
+        return ""
+    try:
+        return ERROR_LABELS[ErrorClass(error_class)]
+    except ValueError:
+        return error_class
 
 
 @bp.get("/<int:callback_id>")
@@ -248,6 +332,8 @@ def detail(callback_id: int):  # type: ignore[no-untyped-def]
     ping_delivery = None
     if request.args.get("ping", "").isdigit():
         ping_delivery = db.session.get(Delivery, int(request.args["ping"]))
+        if ping_delivery is not None and ping_delivery.callback_id != cb.id:
+            ping_delivery = None
     cfg = settings.current()
     return render_template(
         "callbacks/detail.html",
@@ -258,5 +344,7 @@ def detail(callback_id: int):  # type: ignore[no-untyped-def]
         if cb.retry_schedule
         else list(cfg.retry_delays),
         ping_delivery=ping_delivery,
+        polls=0,
+        max_polls=_max_polls(cb),
         failing_after=cfg.failing_after,
     )
