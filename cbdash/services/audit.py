@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
+
+from sqlalchemy import func, or_, select
 
 from ..extensions import db
 from ..formatting import MASK, mask_url
@@ -74,3 +77,33 @@ def _jsonable(value: Any, key: str = "") -> Any:
 
 # Names that match the secret pattern but hold no secret.
 _PLAIN_KEYS = {"token_name", "token_prefix"}
+
+
+@dataclass
+class AuditPage:
+    items: list[AuditEntry]
+    page: int
+    pages: int
+    total: int
+
+
+def actions() -> list[str]:
+    """Every action recorded so far, for the filter."""
+    return list(db.session.scalars(select(AuditEntry.action).distinct().order_by(AuditEntry.action)))
+
+
+def search(action: str = "", actor: str = "", page: int = 1, per_page: int = 50) -> AuditPage:
+    """One page of entries, newest first, filtered by action (or its prefix) and actor."""
+    stmt = select(AuditEntry)
+    if action:
+        # "callback" matches callback.create, callback.edit, ...
+        stmt = stmt.where(or_(AuditEntry.action == action, AuditEntry.action.startswith(action + ".")))
+    if actor:
+        like = "%" + actor.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        stmt = stmt.where(AuditEntry.actor.ilike(like, escape="\\"))
+    total = db.session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    pages = max(1, -(-total // per_page))
+    page = min(max(page, 1), pages)
+    ordered = stmt.order_by(AuditEntry.at.desc(), AuditEntry.id.desc())
+    rows = db.session.scalars(ordered.limit(per_page).offset((page - 1) * per_page))
+    return AuditPage(list(rows), page, pages, total)

@@ -5,24 +5,58 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from typing import Any
 
 from sqlalchemy import select
 
+from ..constants import Role
 from ..extensions import db
 from ..models import ApiToken, utcnow
 
 PREFIX = "cbd_"
 TOKEN_BYTES = 32
+MAX_NAME = 100
 
 
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def validate(name: Any, role: Any) -> dict[str, str]:
+    """Errors by field for a new token's name and role."""
+    errors: dict[str, str] = {}
+    if not isinstance(name, str) or not name.strip():
+        errors["name"] = "Give the token a name (what uses it, e.g. storefront-prod)."
+    elif len(name.strip()) > MAX_NAME or any(ord(c) < 32 for c in name):
+        errors["name"] = f"Use up to {MAX_NAME} characters, without control characters."
+    if role not in {r.value for r in Role}:
+        errors["role"] = "Choose admin, support or viewer."
+    return errors
+
+
+def listing() -> list[ApiToken]:
+    """Every token, live ones first, newest first."""
+    return list(
+        db.session.scalars(
+            select(ApiToken).order_by(
+                ApiToken.revoked_at.is_not(None), ApiToken.created_at.desc(), ApiToken.id.desc()
+            )
+        )
+    )
+
+
+def revoke(row: ApiToken) -> bool:
+    """Revoke a token; False when it already was."""
+    if row.revoked_at is not None:
+        return False
+    row.revoked_at = utcnow()
+    return True
+
+
 def create(name: str, role: str) -> tuple[ApiToken, str]:
     """A new token row (added, not committed) and its plaintext, which is never stored."""
     plaintext = PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
-    row = ApiToken(name=name, role=role, prefix=plaintext[:10], token_hash=_hash(plaintext))
+    row = ApiToken(name=name.strip(), role=role, prefix=plaintext[:10], token_hash=_hash(plaintext))
     db.session.add(row)
     return row, plaintext
 

@@ -97,7 +97,7 @@ def login():  # type: ignore[no-untyped-def]
                 audit.record("login", "user", user.id, actor=user.email)
                 db.session.commit()
                 login_user(user)
-                return redirect(next_path or url_for("callbacks.index"), code=303)
+                return redirect(next_path or url_for("callbacks.index"))
             throttle.login_failed(email, address)
             target = user.id if user else None
             audit.record("login.failed", "user", target, {"email": email}, actor=email or "?")
