@@ -18,6 +18,10 @@ def register(app: Flask) -> None:
 
     app.register_blueprint(monitoring.bp)
     app.register_blueprint(sync.bp)
+    from . import audit, secrets, tokens, users
+
+    for security_bp in (users.bp, tokens.bp, audit.bp, secrets.bp):
+        app.register_blueprint(security_bp)
     # Bearer-token API: no cookies are honoured there, so CSRF does not apply.
     csrf.exempt(api.bp)
     app.register_blueprint(api.bp)
