@@ -232,6 +232,73 @@ class AuditEntry(db.Model):
     ip: Mapped[str | None] = mapped_column(String(64))
 
 
+class InboundSource(db.Model):
+    """A third party that sends webhooks to ``POST /hooks/<slug>`` (SPEC §6a)."""
+
+    __tablename__ = "inbound_sources"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Short enough that "inbound:<slug>" fits Event.source (32 chars).
+    slug: Mapped[str] = mapped_column(String(24), unique=True)
+    preset: Mapped[str] = mapped_column(String(24))
+    secret: Mapped[str] = mapped_column(String(255), default="")
+    previous_secret: Mapped[str | None] = mapped_column(String(255))
+    previous_secret_expires_at: Mapped[datetime | None]
+    token_header: Mapped[str] = mapped_column(String(100), default="X-Webhook-Token")
+    definition: Mapped[str] = mapped_column(String(100))
+    dedupe_header: Mapped[str | None] = mapped_column(String(100))
+    response_status: Mapped[int] = mapped_column(default=200)
+    response_body: Mapped[str] = mapped_column(Text, default="")
+    tolerance: Mapped[int] = mapped_column(default=300)
+    rate_limit: Mapped[int] = mapped_column(default=600)
+    rate_window: Mapped[int] = mapped_column(default=60)
+    description: Mapped[str] = mapped_column(Text, default="")
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    def verifying_secrets(self, now: datetime | None = None) -> list[str]:
+        """The current secret, plus the previous one while its overlap lasts."""
+        now = now or utcnow()
+        keys = [self.secret] if self.secret else []
+        if self.previous_secret and self.previous_secret_expires_at and self.previous_secret_expires_at > now:
+            keys.append(self.previous_secret)
+        return keys
+
+
+class InboundMessage(db.Model):
+    """One request to a source's hook URL: accepted, duplicate or refused."""
+
+    __tablename__ = "inbound_messages"
+    __table_args__ = (
+        # A provider event id is stored (and relayed) once per source; only accepted
+        # messages carry it here, so duplicates and refusals never collide.
+        Index("ux_inbound_messages_source_dedupe", "source_id", "dedupe_key", unique=True),
+        Index("ix_inbound_messages_source_outcome", "source_id", "outcome"),
+        Index("ix_inbound_messages_received", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("inbound_sources.id", ondelete="CASCADE"))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    outcome: Mapped[str] = mapped_column(String(16))
+    status_code: Mapped[int]
+    reason: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(String(500))
+    dedupe_key: Mapped[str | None] = mapped_column(String(255))
+    provider_id: Mapped[str | None] = mapped_column(String(255))
+    event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id", ondelete="SET NULL"), index=True)
+    headers: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    body_excerpt: Mapped[str | None] = mapped_column(Text)
+    body_size: Mapped[int] = mapped_column(default=0)
+    payload_is_text: Mapped[bool] = mapped_column(default=False)
+    debug: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    remote_addr: Mapped[str | None] = mapped_column(String(64))
+
+    source: Mapped[InboundSource] = relationship()
+    event: Mapped[Event | None] = relationship()
+
+
 class StatsRollup(db.Model):
     """Attempt and delivery-outcome counts per callback (0 = all) per minute, hour or all time.
 

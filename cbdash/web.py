@@ -35,6 +35,7 @@ PUBLIC_ENDPOINTS = {
     "ops.healthz",
     "ops.readyz",
     "ops.metrics",
+    "inbound.receive",  # third parties post webhooks; verified by signature, not login
 }
 
 # Settings › System pages, in sidebar order: (label, endpoint, permission needed).

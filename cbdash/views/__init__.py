@@ -18,6 +18,9 @@ def register(app: Flask) -> None:
 
     app.register_blueprint(monitoring.bp)
     app.register_blueprint(sync.bp)
+    from . import inbound
+
+    app.register_blueprint(inbound.bp)  # POST /hooks/<slug> is CSRF-exempt in the view
     from . import audit, secrets, tokens, users
 
     for security_bp in (users.bp, tokens.bp, audit.bp, secrets.bp):
