@@ -1,4 +1,4 @@
-"""The delivery log: every delivery, filterable; a detail page with every attempt."""
+"""The delivery log: every delivery, filterable, with filters in the URL; a detail page per delivery."""
 
 from __future__ import annotations
 
@@ -12,91 +12,72 @@ from flask import (
     request,
     url_for,
 )
-from sqlalchemy import func, or_, select
 
 from .. import dispatch, htmx
-from ..constants import DeliveryKind, DeliveryStatus
+from ..constants import ERROR_LABELS, DeliveryKind, DeliveryStatus
 from ..extensions import db
-from ..models import Callback, Delivery, Event
+from ..models import Delivery, utcnow
 from ..permissions import require
-from ..services import audit, delivery
+from ..services import audit, delivery, delivery_log, settings
 
 bp = Blueprint("deliveries", __name__, url_prefix="/settings/callbacks/deliveries")
 PER_PAGE = 50
 
 
-def _filters() -> dict:
-    args = request.args
-    f = {
-        "callback_id": args.get("callback_id", "").strip(),
-        "definition": args.get("definition", "").strip()[:100],
-        "status": args.get("status", "").strip(),
-        "kind": args.get("kind", "").strip(),
-        "id": args.get("id", "").strip()[:64],
-    }
-    if f["status"] not in {s.value for s in DeliveryStatus}:
-        f["status"] = ""
-    if f["kind"] not in {k.value for k in DeliveryKind}:
-        f["kind"] = ""
-    if not f["callback_id"].isdigit():
-        f["callback_id"] = ""
-    return f
+def _cursor_arg(name: str) -> int | None:
+    raw = request.args.get(name, "").strip()
+    return int(raw) if raw.isdigit() and len(raw) < 19 else None
+
+
+@bp.app_template_global()
+def deliveries_url(args: dict[str, str], **extra: object) -> str:
+    """The log's URL for normalised filter ``args`` plus a page cursor."""
+    return url_for("deliveries.index", **args, **{k: v for k, v in extra.items() if v})
 
 
 @bp.get("")
+@require("view")
 def index():  # type: ignore[no-untyped-def]
-    f = _filters()
-    stmt = select(Delivery).join(Event, Event.id == Delivery.event_id)
-    if f["callback_id"]:
-        stmt = stmt.where(Delivery.callback_id == int(f["callback_id"]))
-    if f["definition"]:
-        stmt = stmt.where(Event.definition == f["definition"])
-    if f["status"]:
-        stmt = stmt.where(Delivery.status == f["status"])
-    if f["kind"]:
-        stmt = stmt.where(Delivery.kind == f["kind"])
-    if f["id"]:
-        ident = f["id"]
-        conds = [Delivery.webhook_id == ident, Event.uid == ident]
-        if ident.isdigit():
-            conds.append(Delivery.id == int(ident))
-        stmt = stmt.where(or_(*conds))
-    try:
-        page = max(1, int(request.args.get("page", 1)))
-    except ValueError:
-        page = 1
-    total = db.session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    pages = max(1, -(-total // PER_PAGE))
-    page = min(page, pages)
-    rows = list(
-        db.session.scalars(stmt.order_by(Delivery.id.desc()).limit(PER_PAGE).offset((page - 1) * PER_PAGE))
-    )
-    callbacks = list(
-        db.session.scalars(
-            select(Callback).where(Callback.deleted_at.is_(None)).order_by(Callback.definition).limit(500)
-        )
-    )
-    template = "deliveries/_table.html" if htmx.wants_fragment() else "deliveries/index.html"
-    response = render_template(
-        template,
-        rows=rows,
-        f=f,
-        page=page,
-        pages=pages,
-        total=total,
-        callbacks=callbacks,
-        statuses=list(DeliveryStatus),
-        kinds=list(DeliveryKind),
-    )
-    return htmx.add_vary(make_response(response))
+    f = delivery_log.parse(request.args, settings.current().timezone, utcnow())
+    before, after = _cursor_arg("before"), _cursor_arg("after")
+    page = delivery_log.search(f, before=before, after=after, per_page=PER_PAGE)
+    choices, too_many = delivery_log.callback_choices()
+    args = f.args()
+    cursor = {"before": before} if before else {"after": after} if after else {}
+    ctx = {
+        "f": f,
+        "args": args,
+        "page": page,
+        "callbacks": choices,
+        "too_many_callbacks": too_many,
+        "statuses": list(DeliveryStatus),
+        "kinds": list(DeliveryKind),
+        "windows": delivery_log.WINDOW_LABELS,
+        "error_labels": ERROR_LABELS,
+        "now": utcnow(),
+    }
+    if htmx.wants_fragment() and request.headers.get("HX-Target") == "deliveries-results":
+        response = make_response(render_template("deliveries/_results.html", **ctx))
+        # The address bar gets the clean, normalised URL (no empty fields), so it can be shared.
+        response.headers["HX-Push-Url"] = deliveries_url(args, **cursor)
+    else:
+        response = make_response(render_template("deliveries/index.html", **ctx))
+    return htmx.add_vary(response)
 
 
 @bp.get("/<int:delivery_id>")
+@require("view")
 def detail(delivery_id: int):  # type: ignore[no-untyped-def]
     d = db.session.get(Delivery, delivery_id)
     if d is None:
-        abort(404, description="No such delivery.")
-    return render_template("deliveries/detail.html", d=d)
+        abort(404, description="No such delivery (it may have been pruned).")
+    return render_template(
+        "deliveries/detail.html",
+        d=d,
+        attempts=list(reversed(d.attempts)),
+        error_labels=ERROR_LABELS,
+        now=utcnow(),
+    )
 
 
 @bp.post("/<int:delivery_id>/redeliver")

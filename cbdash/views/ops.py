@@ -1,12 +1,16 @@
-"""Operational endpoints: /healthz (process up) and /readyz (database and Redis)."""
+"""Operational endpoints: /healthz (process up), /readyz (database and Redis), /metrics."""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+import hmac
+import ipaddress
+
+from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import text
 
 from ..extensions import db
 from ..queue import get_redis
+from ..services import metrics as metrics_service
 
 bp = Blueprint("ops", __name__)
 
@@ -31,3 +35,33 @@ def readyz():  # type: ignore[no-untyped-def]
         checks["redis"] = f"error: {type(exc).__name__}"
     ok = all(v == "ok" for v in checks.values())
     return jsonify({"status": "ok" if ok else "unavailable", "checks": checks}), (200 if ok else 503)
+
+
+def _loopback(addr: str | None) -> bool:
+    try:
+        ip = ipaddress.ip_address((addr or "").split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+@bp.get("/metrics")
+def metrics():  # type: ignore[no-untyped-def]
+    """Prometheus text. With METRICS_TOKEN set: bearer token required; without: loopback only."""
+    token = str(current_app.config.get("METRICS_TOKEN") or "")
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            response = Response("A valid metrics token is required (Authorization: Bearer <token>).\n", 401)
+            response.headers["WWW-Authenticate"] = 'Bearer realm="cbdash-metrics"'
+            response.mimetype = "text/plain"
+            return response
+    elif not _loopback(request.remote_addr):
+        # No token configured: only a scraper on this host may read it.
+        return Response(
+            "Set CBDASH_METRICS_TOKEN to scrape /metrics from another host.\n", 403, mimetype="text/plain"
+        )
+    body, content_type = metrics_service.render()
+    return Response(body, 200, content_type=content_type)
