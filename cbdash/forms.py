@@ -6,9 +6,10 @@ from typing import Any
 
 from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField, StringField, TextAreaField
-from wtforms.validators import DataRequired, Email, Length
+from wtforms.validators import DataRequired, Length, Regexp
 
 from .services import callbacks as callback_rules
+from .services.users import EMAIL_RE
 
 # (value, label) pairs of the status select. A plain StringField renders it (the template
 # draws the <select>): the service validates the value, and WTForms' SelectField tuple
@@ -53,7 +54,11 @@ class LoginForm(FlaskForm):
 
 
 class SetupForm(FlaskForm):
-    email = EmailField("Email", validators=[DataRequired("Enter an email."), Email("Enter a valid email.")])
+    # A pattern, not wtforms' Email(): that one needs the email_validator package.
+    email = EmailField(
+        "Email",
+        validators=[DataRequired("Enter an email."), Regexp(EMAIL_RE, message="Enter a valid email.")],
+    )
     password = PasswordField(
         "Password",
         validators=[

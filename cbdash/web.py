@@ -82,7 +82,9 @@ def _to_login() -> Response:
     else:
         # htmx tells us the page the user is looking at; a plain GET comes back to itself;
         # a plain POST cannot be replayed, so it comes back to the page it was posted from.
-        if htmx.is_htmx():
+        if request.endpoint in ("auth.login", "auth.setup"):
+            back = request.args.get("next")
+        elif htmx.is_htmx():
             back = request.headers.get("HX-Current-URL")
         elif request.method == "GET":
             back = request.full_path
@@ -93,9 +95,11 @@ def _to_login() -> Response:
         # Never let a login page land inside a table cell: ask for a full navigation.
         response = Response("Your session has expired. Please sign in again.", status=401)
         return htmx.redirect(response, target)
-    if request.endpoint not in (None, "auth.login") and request.method != "GET":
+    if request.endpoint in ("auth.login", "auth.setup") and request.method != "GET":
+        flash("The sign-in form had expired. Please try again.", "warning")
+    elif request.method != "GET":
         flash("Your session has expired. Please sign in again.", "warning")
-    return redirect(target, code=303)
+    return redirect(target, code=302 if request.method == "GET" else 303)
 
 
 def _local_path(url: str | None, same_host: bool = False) -> str | None:
@@ -207,6 +211,12 @@ def _on_unexpected(exc: Exception) -> Response | tuple[str, int]:
 def init_app(app: Flask) -> None:
     formatting.register(app)
     app.session_interface = SessionInterface()
+    # Flask's defaults include SESSION_COOKIE_SAMESITE=None, so setdefault cannot set it.
+    for name in ("SESSION_COOKIE_SAMESITE", "REMEMBER_COOKIE_SAMESITE"):
+        if not app.config.get(name):
+            app.config[name] = "Lax"
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.config["REMEMBER_COOKIE_HTTPONLY"] = True
     if app.config.get("SECURE_COOKIES"):
         app.config["SESSION_COOKIE_SECURE"] = True
         app.config["REMEMBER_COOKIE_SECURE"] = True
