@@ -41,7 +41,9 @@ def make_sync(url: str, definition: str = DEF, priority: int = 100, **fields) ->
 
 def invoke(client, auth, payload=PAYLOAD, definition=DEF, **extra):  # type: ignore[no-untyped-def]
     t0 = time.monotonic()
-    response = client.post(f"/api/v1/definitions/{definition}/invoke", json={"payload": payload, **extra}, headers=auth)
+    response = client.post(
+        f"/api/v1/definitions/{definition}/invoke", json={"payload": payload, **extra}, headers=auth
+    )
     return response, time.monotonic() - t0
 
 
@@ -312,11 +314,16 @@ def test_bad_requests_are_400_with_the_field(client, auth, body, field):
 
 
 def test_other_bad_input_is_a_clear_4xx(client, auth):
-    assert client.post("/api/v1/definitions/Bad Name!/invoke", json={"payload": {}}, headers=auth).status_code == 400
+    assert (
+        client.post("/api/v1/definitions/Bad Name!/invoke", json={"payload": {}}, headers=auth).status_code
+        == 400
+    )
     unknown = client.post(f"/api/v1/definitions/{DEF}/invoke", json={"payload": {}, "x": 1}, headers=auth)
     assert unknown.status_code == 400 and unknown.get_json()["error"]["code"] == "unknown_fields"
     not_json = client.post(
-        f"/api/v1/definitions/{DEF}/invoke", data=b"{nope", headers={**auth, "Content-Type": "application/json"}
+        f"/api/v1/definitions/{DEF}/invoke",
+        data=b"{nope",
+        headers={**auth, "Content-Type": "application/json"},
     )
     assert not_json.status_code == 400 and not_json.get_json()["error"]["code"] == "invalid_json"
     assert client.post(f"/api/v1/definitions/{DEF}/invoke", json={"payload": {}}).status_code == 401
@@ -369,7 +376,9 @@ def test_lost_invocations_are_failed_not_retried(app):
     cb = make_callback("http://127.0.0.1:9/hook", DEF)
     event = delivery_service.new_event(DEF, {})
     old = utcnow().replace(year=2000)
-    d = Delivery(event=event, callback_id=cb.id, kind="invoke", status="sending", attempt_count=1, created_at=old)
+    d = Delivery(
+        event=event, callback_id=cb.id, kind="invoke", status="sending", attempt_count=1, created_at=old
+    )
     db.session.add(d)
     db.session.commit()
     from cbdash.services import invoke as invoke_service
