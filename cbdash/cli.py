@@ -39,7 +39,7 @@ def upgrade_db(app: Flask) -> None:
 
 
 def register_cli(app: Flask) -> None:
-    for command in (up, worker, create_user, create_token, demo, export_cmd, import_cmd, prune):
+    for command in (up, worker, create_user, create_token, demo, export_cmd, import_cmd, prune, bench):
         app.cli.add_command(command)
 
 
@@ -114,55 +114,59 @@ def worker(burst: bool) -> None:
     worker_mod.run(app, burst=burst)
 
 
+def _role_option():  # type: ignore[no-untyped-def]
+    return click.option(
+        "--role",
+        type=click.Choice([r.value for r in Role]),
+        default=Role.ADMIN.value,
+        show_default=True,
+    )
+
+
 @click.command("create-user")
-@click.option("--email", required=True)
-@click.option("--password", required=True)
+@click.option("--email", required=True, help="Login email (stored lowercase).")
 @click.option(
-    "--role",
-    type=click.Choice([r.value for r in Role]),
-    default=Role.ADMIN.value,
-    show_default=True,
+    "--password",
+    prompt=True,
+    hide_input=True,
+    confirmation_prompt=True,
+    help="At least 10 characters (prompted when omitted).",
 )
+@_role_option()
 @with_appcontext
 def create_user(email: str, password: str, role: str) -> None:
     """Create a login."""
     from .extensions import db
-    from .models import User
-    from .services import audit
+    from .services import audit, users
 
-    email = email.strip().lower()
-    if "@" not in email or len(email) > 254:
-        raise click.BadParameter("enter a valid email", param_hint="--email")
-    if len(password) < 10:
-        raise click.BadParameter("use at least 10 characters", param_hint="--password")
-    if db.session.scalar(select(User).where(User.email == email)):
-        raise click.ClickException(f"a user with email {email} already exists")
-    user = User(email=email, role=role)
-    user.set_password(password)
-    db.session.add(user)
+    if not password:
+        raise click.BadParameter("enter a password", param_hint="--password")
+    clean, errors = users.validate_new(email, role, password)
+    if errors:
+        hint = {"email": "--email", "role": "--role", "password": "--password"}
+        name = next(iter(errors))
+        raise click.BadParameter(errors[name], param_hint=hint.get(name, name))
+    user = users.create(clean["email"], clean["role"], password)
     db.session.flush()
-    audit.record("user.create", "user", user.id, {"email": email, "role": role})
+    audit.record("user.create", "user", user.id, {"email": user.email, "role": user.role})
     db.session.commit()
-    click.echo(f"Created {role} {email}.")
+    click.echo(f"Created {user.role} {user.email}.")
 
 
 @click.command("create-token")
-@click.option("--name", required=True)
-@click.option(
-    "--role",
-    type=click.Choice([r.value for r in Role]),
-    default=Role.ADMIN.value,
-    show_default=True,
-)
+@click.option("--name", required=True, help="What uses the token, e.g. storefront-prod.")
+@_role_option()
 @with_appcontext
 def create_token(name: str, role: str) -> None:
     """Create an API token; it is printed once, alone on the last line."""
     from .extensions import db
     from .services import audit, tokens
 
+    errors = tokens.validate(name, role)
+    if errors:
+        field = next(iter(errors))
+        raise click.BadParameter(errors[field], param_hint=f"--{field}")
     name = name.strip()
-    if not name or len(name) > 100:
-        raise click.BadParameter("1–100 characters", param_hint="--name")
     row, plaintext = tokens.create(name, role)
     db.session.flush()
     audit.record("token.create", "token", row.id, {"name": name, "role": role})
@@ -236,6 +240,8 @@ def demo() -> None:
     click.echo(f"Demo callbacks loaded ({added} added).")
 
 
+EXPORT_VERSION = 1
+# Configuration that defines a callback; runtime state (health, breaker) starts fresh.
 EXPORT_FIELDS = (
     "definition",
     "url",
@@ -246,88 +252,190 @@ EXPORT_FIELDS = (
     "headers",
     "retry_schedule",
     "secret",
+    "previous_secret",
     "priority",
     "failure_policy",
     "fallback_response",
 )
+EXPORT_TIMES = ("created_at", "disabled_at", "previous_secret_expires_at")
+
+
+def _exact_iso(dt: datetime | None) -> str | None:
+    # Microseconds kept: an export must import back to the same values.
+    return None if dt is None else dt.isoformat(timespec="microseconds") + "Z"
+
+
+def _parse_time(value: object) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError("not an ISO 8601 time")
+    when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC).replace(tzinfo=None)
+    return when
+
+
+def _valid_secret(value: object) -> bool:
+    import base64
+    import binascii
+
+    from .services.signing import SECRET_PREFIX
+
+    if not isinstance(value, str) or not value.startswith(SECRET_PREFIX) or len(value) > 128:
+        return False
+    try:
+        key = base64.b64decode(value[len(SECRET_PREFIX) :], validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return len(key) >= 24  # SPEC §7: at least 24 random bytes
 
 
 @click.command("export")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default="-")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, writable=True),
+    default="-",
+    help="File to write (default: standard output).",
+)
 @with_appcontext
 def export_cmd(output: str) -> None:
     """Write all callbacks as JSON (includes signing secrets: keep the file safe)."""
     from .extensions import db
-    from .formatting import iso
     from .models import Callback
 
     rows = db.session.scalars(select(Callback).where(Callback.deleted_at.is_(None)).order_by(Callback.id))
     data = {
-        "version": 1,
+        "version": EXPORT_VERSION,
         "callbacks": [
-            {**{f: getattr(cb, f) for f in EXPORT_FIELDS}, "created_at": iso(cb.created_at)} for cb in rows
+            {
+                **{f: getattr(cb, f) for f in EXPORT_FIELDS},
+                **{f: _exact_iso(getattr(cb, f)) for f in EXPORT_TIMES},
+            }
+            for cb in rows
         ],
     }
     text = json.dumps(data, indent=2, ensure_ascii=False)
     if output == "-":
         click.echo(text)
-    else:
+        return
+    try:
         Path(output).write_text(text + "\n", encoding="utf-8")
-        click.echo(f"Exported {len(data['callbacks'])} callbacks to {output}.", err=True)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from exc
+    click.echo(f"Exported {len(data['callbacks'])} callbacks to {output}.", err=True)
+
+
+def _import_item(item: object) -> tuple[dict | None, list[str]]:  # type: ignore[type-arg]
+    """Validate one exported callback; return (values to apply, problems)."""
+    from .services import callbacks
+
+    if not isinstance(item, dict):
+        return None, ["not an object"]
+    fields = {k: item[k] for k in callbacks.FIELDS if k in item}
+    clean, errors = callbacks.validate(fields)
+    problems = [f"{k}: {v}" for k, v in errors.items()]
+    extra: dict[str, object] = {}
+    for name in ("secret", "previous_secret"):
+        value = item.get(name)
+        if value is None and name == "previous_secret":
+            continue
+        if value is None or not _valid_secret(value):
+            problems.append(f"{name}: must be a whsec_ secret of at least 24 bytes")
+        else:
+            extra[name] = value
+    for name in EXPORT_TIMES:
+        if item.get(name) is None:
+            continue
+        try:
+            extra[name] = _parse_time(item[name])
+        except ValueError:
+            problems.append(f"{name}: {item[name]!r} is not an ISO 8601 time")
+    if "priority" in item:
+        if isinstance(item["priority"], int) and not isinstance(item["priority"], bool):
+            extra["priority"] = item["priority"]
+        else:
+            problems.append("priority: must be a whole number")
+    if "failure_policy" in item:
+        if item["failure_policy"] in ("fail", "fallback"):
+            extra["failure_policy"] = item["failure_policy"]
+            extra["fallback_response"] = item.get("fallback_response")
+        else:
+            problems.append("failure_policy: must be fail or fallback")
+    reason = item.get("inactive_reason")
+    if reason is not None and not isinstance(reason, str):
+        problems.append("inactive_reason: must be text")
+    elif reason and clean.get("active") is False:
+        extra["inactive_reason"] = reason[:255]
+    return ({**clean, **extra} if not problems else None), problems
 
 
 @click.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True))
 @with_appcontext
 def import_cmd(file: str) -> None:
-    """Create callbacks from an export file (validated; nothing is written on error)."""
+    """Create callbacks from an export file (all validated first; nothing is written on error).
+
+    Callbacks already present (same definition, URL and secret) are skipped, so an
+    import can be repeated safely.
+    """
     from .extensions import db
-    from .services import callbacks, signing
+    from .models import Callback
+    from .services import callbacks
 
     try:
-        data = json.loads(Path(file).read_text(encoding="utf-8"))
-        items = data["callbacks"] if isinstance(data, dict) else data
-        if not isinstance(items, list):
-            raise ValueError("expected a list of callbacks")
-    except (ValueError, KeyError, UnicodeDecodeError) as exc:
-        raise click.ClickException(f"{file} is not a cbdash export: {exc}") from exc
-    problems = []
-    created = []
+        data = json.loads(Path(file).read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{file} is not a cbdash export (invalid JSON: {exc})") from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {file}: {exc.strerror or exc}") from exc
+    items = data.get("callbacks") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise click.ClickException(f'{file} is not a cbdash export (expected {{"callbacks": [...]}})')
+    version = data.get("version", EXPORT_VERSION) if isinstance(data, dict) else EXPORT_VERSION
+    if version != EXPORT_VERSION:
+        raise click.ClickException(
+            f"{file} has export version {version!r}; this cbdash reads {EXPORT_VERSION}"
+        )
+    problems: list[str] = []
+    ready: list[dict] = []  # type: ignore[type-arg]
     for n, item in enumerate(items, 1):
-        if not isinstance(item, dict):
-            problems.append(f"#{n}: not an object")
-            continue
-        fields = {k: item[k] for k in callbacks.FIELDS if k in item}
-        clean, errors = callbacks.validate(fields)
-        secret = item.get("secret")
-        if secret is not None and not (isinstance(secret, str) and secret.startswith(signing.SECRET_PREFIX)):
-            errors["secret"] = "must be a whsec_ secret"
+        values, errors = _import_item(item)
         if errors:
-            problems.append(f"#{n}: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
-            continue
-        cb = callbacks.create(clean)
-        if secret:
-            cb.secret = secret
-        if item.get("inactive_reason") and not cb.active:
-            cb.inactive_reason = str(item["inactive_reason"])[:255]
-        for extra in ("priority",):
-            if isinstance(item.get(extra), int):
-                setattr(cb, extra, item[extra])
-        if item.get("failure_policy") in ("fail", "fallback"):
-            cb.failure_policy = item["failure_policy"]
-            cb.fallback_response = item.get("fallback_response")
-        if isinstance(item.get("created_at"), str):
-            try:
-                when = datetime.fromisoformat(item["created_at"].replace("Z", "+00:00"))
-                cb.created_at = when.astimezone(UTC).replace(tzinfo=None)
-            except ValueError:
-                pass
-        created.append(cb)
+            problems.append(f"callback #{n}: " + "; ".join(errors))
+        elif values is not None:
+            ready.append(values)
     if problems:
-        db.session.rollback()
-        raise click.ClickException("nothing imported:\n  " + "\n  ".join(problems[:50]))
+        shown = "\n  ".join(problems[:50])
+        more = f"\n  … and {len(problems) - 50} more" if len(problems) > 50 else ""
+        raise click.ClickException(f"nothing imported; fix these and run again:\n  {shown}{more}")
+    existing = {
+        (r.definition, r.url, r.secret)
+        for r in db.session.execute(
+            select(Callback.definition, Callback.url, Callback.secret).where(Callback.deleted_at.is_(None))
+        )
+    }
+    created = skipped = 0
+    for values in ready:
+        key = (values["definition"], values["url"], values["secret"])
+        if key in existing:
+            skipped += 1
+            continue
+        existing.add(key)
+        cb = callbacks.create(values)
+        for name in ("secret", "previous_secret", "priority", "failure_policy", "fallback_response"):
+            if name in values:
+                setattr(cb, name, values[name])
+        for name in EXPORT_TIMES:
+            if name in values:
+                setattr(cb, name, values[name])
+        if not cb.active:
+            cb.inactive_reason = values.get("inactive_reason") or cb.inactive_reason
+            cb.disabled_at = values.get("disabled_at") or cb.disabled_at
+        created += 1
     db.session.commit()
-    click.echo(f"Imported {len(created)} callbacks.")
+    click.echo(
+        f"Imported {created} callbacks" + (f" ({skipped} already present, skipped)." if skipped else ".")
+    )
 
 
 @click.command()
@@ -349,3 +457,69 @@ def prune(days: int | None) -> None:
         f"Pruned {counts['attempts']} attempts, {counts['deliveries']} deliveries, "
         f"{counts['events']} events older than {days} days."
     )
+
+
+@click.command()
+@click.option("--deliveries", default=2000, show_default=True, type=click.IntRange(100, 1_000_000))
+@click.option("--requests", "requests_", default=1000, show_default=True, type=click.IntRange(50, 1_000_000))
+@click.option("--latency-events", default=100, show_default=True, type=click.IntRange(10, 10_000))
+@click.option(
+    "--clients", default=4, show_default=True, type=click.IntRange(1, 64), help="API client threads."
+)
+@click.option("--web-workers", default=2, show_default=True, type=click.IntRange(1, 32))
+@click.option("--web-threads", default=4, show_default=True, type=click.IntRange(1, 64))
+@click.option(
+    "--database-url", default=None, help="Database to measure (default: configured, else a temp SQLite)."
+)
+@click.option("--redis-url", default=None, help="Redis to use (default: configured, else an embedded one).")
+@click.option("--scale", is_flag=True, help="Run the page-speed-at-size benchmark instead.")
+def bench(
+    deliveries: int,
+    requests_: int,
+    latency_events: int,
+    clients: int,
+    web_workers: int,
+    web_threads: int,
+    database_url: str | None,
+    redis_url: str | None,
+    scale: bool,
+) -> None:
+    """Measure delivery throughput, latency and ingestion against plain baselines (SPEC §12)."""
+    if scale:
+        _bench_scale()
+        return
+    from . import bench as bench_mod
+
+    options = bench_mod.Options(
+        deliveries=deliveries,
+        requests=requests_,
+        latency_events=latency_events,
+        clients=clients,
+        web_workers=web_workers,
+        web_threads=web_threads,
+        database_url=database_url,
+        redis_url=redis_url,
+    )
+    try:
+        result = bench_mod.run(options, echo=click.echo)
+    except Exception as exc:  # noqa: BLE001 - a failed run explains itself, no traceback
+        raise click.ClickException(f"bench failed: {type(exc).__name__}: {exc}") from exc
+    bench_mod.report(result, echo=click.echo)
+    if result.problems:
+        raise SystemExit(1)
+
+
+def _bench_scale() -> None:
+    import inspect
+
+    try:
+        from .bench_scale import run_scale
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the scale benchmark is not available in this version (cbdash.bench_scale: {exc})"
+        ) from exc
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    offered = {"app": app, "echo": click.echo}
+    params = inspect.signature(run_scale).parameters
+    with app.app_context():
+        run_scale(**{k: v for k, v in offered.items() if k in params})
