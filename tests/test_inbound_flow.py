@@ -74,6 +74,7 @@ def test_verified_message_is_stored_answered_and_relayed(app, client, receiver):
 
     assert response.status_code == 202
     assert response.get_json() == {"ok": 1}
+    assert "store;dur=" in response.headers["Server-Timing"]
     event = db.session.scalar(select(Event))
     assert event.source == "inbound:pay" and event.definition == "payment.confirmed"
     assert event.payload == {"payment_id": "pay_42", "status": "captured", "amount": 1999}
@@ -84,7 +85,11 @@ def test_verified_message_is_stored_answered_and_relayed(app, client, receiver):
     assert msg.body_excerpt is None  # the body lives in the event
     deliveries = list(db.session.scalars(select(Delivery)))
     assert [d.callback_id for d in deliveries] == [cb.id]
-    assert deliveries[0].enqueued_at is not None  # queued after commit, fan-out on the workers
+    # Queued only once the answer is out (the WSGI server closes the response after sending it).
+    assert deliveries[0].enqueued_at is None
+    response.close()
+    db.session.expire_all()
+    assert deliveries[0].enqueued_at is not None
 
     run_worker(app)
     got = receiver.wait_for(1)
@@ -101,6 +106,7 @@ def test_replayed_provider_id_is_acknowledged_but_not_stored_or_relayed_twice(ap
 
     first = client.post("/hooks/pay", data=BODY, headers=headers)
     second = client.post("/hooks/pay", data=BODY, headers=headers)
+    first.close(), second.close()  # what a WSGI server does after sending: queues the deliveries
 
     assert first.status_code == second.status_code == 200
     assert second.get_json() == {"received": True}
@@ -231,6 +237,7 @@ def test_non_json_body_is_stored_as_raw_text(app, client, receiver):
         "/hooks/pay", data=body, headers={**signed(body), "Content-Type": "application/x-www-form-urlencoded"}
     )
     assert response.status_code == 200
+    response.close()
     event = db.session.scalar(select(Event))
     assert event.payload == "status=shipped&tracking=1Z999"
     assert db.session.scalar(select(InboundMessage.payload_is_text)) is True
@@ -309,6 +316,21 @@ def test_each_preset_end_to_end_and_its_secret_redacted(client, preset, sign, de
         assert db.session.scalar(select(func.count()).select_from(Event)) == 1
 
 
+def test_stripe_event_id_in_the_body_dedupes_with_json_field(client):
+    secret = "whsec_stripe_like_secret_1"
+    make_source(preset="stripe", secret=secret, dedupe_header="json:id")
+    body = json.dumps({"id": "evt_1NG8Du2eZvKYlo2C", "type": "payment_intent.succeeded"}).encode()
+    first = _stripe(secret, body)
+    assert client.post("/hooks/pay", data=body, headers=first).status_code == 200
+    time.sleep(1.1)  # Stripe re-signs a retry with a new timestamp
+    retry = _stripe(secret, body)
+    assert retry != first
+    assert client.post("/hooks/pay", data=body, headers=retry).status_code == 200
+    assert count(Event) == 1
+    outcomes = [m.outcome for m in db.session.scalars(select(InboundMessage).order_by(InboundMessage.id))]
+    assert outcomes == ["accepted", "duplicate"]
+
+
 def test_hook_needs_no_login_and_sets_no_session_cookie(client):
     make_source(preset="none", secret="")
     response = client.post("/hooks/pay", data=b"{}")
@@ -332,5 +354,6 @@ def test_redis_down_does_not_lose_the_message(app, client, monkeypatch):
     make_callback("http://127.0.0.1:9/x", "payment.confirmed")
     response = client.post("/hooks/pay", data=BODY, headers=signed(BODY))
     assert response.status_code == 200
+    response.close()  # runs the enqueue, which fails quietly
     d = db.session.scalar(select(Delivery))
     assert d.status == "pending" and d.enqueued_at is None  # the reconciler picks it up

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 SOURCE_PREFIX = "inbound:"  # Event.source of inbound messages: "inbound:<slug>"
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{1,22}[a-z0-9]$")
+JSON_DEDUPE = "json:"  # dedupe on a body field (Stripe sends its event id as "id" in the body)
+DEDUPE_JSON_RE = re.compile(r"^json:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*$")
 EXCERPT = 1024  # bytes of an unverified body (or signed string) kept for the debugger
 MAX_STORED_HEADERS = 50
 DIAGNOSE_LIMIT = 64 * 1024  # bodies larger than this are not re-serialised for hints
@@ -95,7 +97,7 @@ PRESETS: dict[str, PresetInfo] = {
     Preset.STRIPE: PresetInfo(
         "Stripe-style (t=…,v1=…)",
         "Stripe-Signature",
-        None,
+        "json:id",
         False,
         "the secret's text as UTF-8 bytes",
         'Stripe-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">; the key is the whole '
@@ -589,6 +591,7 @@ class Reply:
     delivery_ids: list[int] = field(default_factory=list)
     message_id: int | None = None
     outcome: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # ms, for the Server-Timing header
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> Reply:
@@ -631,10 +634,19 @@ def _refuse(
     return msg
 
 
-def _provider_id(source: InboundSource, headers: Mapping[str, str]) -> str | None:
-    if not source.dedupe_header:
+def _provider_id(source: InboundSource, headers: Mapping[str, str], payload: Any = None) -> str | None:
+    """The provider's event id: a header's value, or a field of the verified JSON body (``json:id``)."""
+    spec = source.dedupe_header
+    if not spec:
         return None
-    wanted = source.dedupe_header.lower()
+    if spec.startswith(JSON_DEDUPE):
+        value: Any = payload
+        for part in spec[len(JSON_DEDUPE) :].split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            return None
+        return str(value).strip()[:255] or None
+    wanted = spec.lower()
     for name, value in headers.items():
         if name.lower() == wanted and value.strip():
             return value.strip()[:255]
@@ -682,6 +694,7 @@ def receive(
     now: float | None = None,
 ) -> Reply:
     """Handle one POST to ``/hooks/<slug>``; ``read_body(limit)`` gives the raw bytes or None when over."""
+    started = time.perf_counter()
     source = find(slug)
     if source is None:
         log.warning("inbound: POST to unknown slug %r from %s", slug[:40], remote_addr)
@@ -713,6 +726,7 @@ def receive(
         tolerance=source.tolerance,
         now=now,
     )
+    verified = time.perf_counter()
     if not verdict.ok:
         msg = _refuse(
             source,
@@ -729,14 +743,14 @@ def receive(
         reply.message_id, reply.outcome = msg.id, Outcome.REFUSED
         return reply
 
-    provider_id = _provider_id(source, headers)
+    payload, is_text = parse_payload(body)
+    provider_id = _provider_id(source, headers, None if is_text else payload)
     if provider_id and db.session.scalar(
         select(InboundMessage.id).where(
             InboundMessage.source_id == source.id, InboundMessage.dedupe_key == provider_id
         )
     ):
         return _duplicate(source, provider_id, headers, remote_addr, len(body))
-    payload, is_text = parse_payload(body)
     event, deliveries = delivery.create_event(source.definition, payload, source=SOURCE_PREFIX + source.slug)
     msg = InboundMessage(
         source_id=source.id,
@@ -762,9 +776,11 @@ def receive(
         db.session.rollback()
         assert provider_id is not None
         return _duplicate(source, provider_id, headers, remote_addr, len(body))
+    stored = time.perf_counter()
     reply = _configured(source)
     reply.delivery_ids = [d.id for d in deliveries]
     reply.message_id, reply.outcome = msg.id, Outcome.ACCEPTED
+    reply.timings = {"verify": (verified - started) * 1000, "store": (stored - verified) * 1000}
     return reply
 
 
@@ -866,8 +882,11 @@ def validate(
         clean["definition"] = definition
 
     dedupe = text("dedupe_header")
-    if dedupe and not HEADER_NAME_RE.match(dedupe):
-        errors["dedupe_header"] = "Enter a valid header name (e.g. webhook-id) or leave empty."
+    if dedupe and (len(dedupe) > 100 or not (HEADER_NAME_RE.match(dedupe) or DEDUPE_JSON_RE.match(dedupe))):
+        errors["dedupe_header"] = (
+            "Enter a valid header name (e.g. webhook-id), json:<field> for a body field (e.g. json:id), "
+            "or leave empty."
+        )
     else:
         clean["dedupe_header"] = dedupe or None
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import (
     Blueprint,
+    Flask,
     Response,
     abort,
     current_app,
@@ -62,12 +64,26 @@ def receive(slug: str) -> Response:
         response.headers["Allow"] = "POST"
         return response
     reply = service.receive(slug, dict(request.headers), _read_body, request.remote_addr)
-    # Outbox: the event and its deliveries are committed; queue them for the workers.
-    if reply.delivery_ids:
-        dispatch.enqueue(reply.delivery_ids)
     response = Response(reply.body, status=reply.status, content_type=reply.content_type)
     response.headers.update(reply.headers)
+    if reply.timings:
+        response.headers["Server-Timing"] = ", ".join(f"{k};dur={v:.1f}" for k, v in reply.timings.items())
+    if reply.delivery_ids:
+        # Outbox: the event and its deliveries are committed. Queue them once the answer has
+        # been sent, so the provider never waits on Redis; if this fails, the reconciler queues them.
+        response.call_on_close(_enqueue_later(current_app._get_current_object(), reply.delivery_ids))
     return response
+
+
+def _enqueue_later(app: Flask, ids: list[int]) -> Callable[[], None]:
+    def enqueue() -> None:
+        with app.app_context():
+            try:
+                dispatch.enqueue(ids)
+            except Exception:  # noqa: BLE001 - the response is gone; the reconciler will queue them
+                app.logger.exception("inbound: could not enqueue deliveries %s", ids)
+
+    return enqueue
 
 
 # ---------------------------------------------------------------------------- the settings page
