@@ -8,6 +8,7 @@ from flask import (
     Flask,
     Response,
     flash,
+    g,
     has_request_context,
     jsonify,
     redirect,
@@ -208,8 +209,17 @@ def _on_unexpected(exc: Exception) -> Response | tuple[str, int]:
     ), 500
 
 
+def _fresh_globals() -> None:
+    # Per-request state (the signed-in user, the API token, the CSRF token) lives in
+    # ``g``. A server gives every request a new app context, but a test that holds one
+    # open shares ``g`` between its requests; start each request clean either way.
+    g.__dict__.clear()
+
+
 def init_app(app: Flask) -> None:
     formatting.register(app)
+    # First of all before_request hooks, ahead of the CSRF check that reads the session.
+    app.before_request_funcs.setdefault(None, []).insert(0, _fresh_globals)
     app.session_interface = SessionInterface()
     # Flask's defaults include SESSION_COOKIE_SAMESITE=None, so setdefault cannot set it.
     for name in ("SESSION_COOKIE_SAMESITE", "REMEMBER_COOKIE_SAMESITE"):
