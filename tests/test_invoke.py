@@ -44,7 +44,10 @@ def invoke(client, auth, payload=PAYLOAD, definition=DEF, **extra):  # type: ign
     response = client.post(
         f"/api/v1/definitions/{definition}/invoke", json={"payload": payload, **extra}, headers=auth
     )
-    return response, time.monotonic() - t0
+    elapsed = time.monotonic() - t0  # what the caller waited
+    response.get_data()
+    response.close()  # as a WSGI server does after sending: runs the deferred recording
+    return response, elapsed
 
 
 def _closed_port() -> int:
@@ -388,3 +391,20 @@ def test_lost_invocations_are_failed_not_retried(app):
     db.session.refresh(d)
     assert d.status == "failed" and "lost" in d.status_detail
     assert isinstance(db.session.get(Callback, cb.id), Callback)
+
+
+def test_the_outcome_is_recorded_after_the_caller_has_its_answer(client, auth, receiver):
+    receiver.reply(Reply(200, b'{"ok": true}'))
+    cb = make_callback(receiver.url(), DEF)
+
+    response = client.post(f"/api/v1/definitions/{DEF}/invoke", json={"payload": {}}, headers=auth)
+
+    data = response.get_json()
+    assert data["body"] == {"ok": True}
+    d = db.session.get(Delivery, data["delivery_id"])
+    assert (d.status, d.attempts) == ("sending", [])  # logged as in flight, not yet recorded
+    response.close()
+    db.session.expire_all()
+    d = db.session.get(Delivery, data["delivery_id"])
+    assert (d.status, len(d.attempts)) == ("succeeded", 1)
+    assert db.session.get(Callback, cb.id).last_status_code == 200

@@ -16,12 +16,15 @@ snapshot of the callback, so slow receivers cannot exhaust the pool.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from flask import Flask
 from sqlalchemy import select, update
 
 from ..constants import DeliveryKind, DeliveryStatus, ErrorClass
@@ -45,6 +48,9 @@ NO_TIME = "no_time_left"
 
 _sweep_lock = threading.Lock()
 _last_sweep = 0.0
+
+
+Finalizer = Callable[[], None]
 
 
 class InvokeError(Exception):
@@ -147,8 +153,15 @@ def invoke(
     timeout: float | None = None,
     only: Callback | None = None,
     test: bool = False,
+    defer: list[Finalizer] | None = None,
 ) -> Result:
-    """Call the definition's active callbacks (or just ``only``) until one answers 2xx."""
+    """Call the definition's active callbacks (or just ``only``) until one answers 2xx.
+
+    With ``defer``, recording each answered call (attempt, delivery outcome, health,
+    breaker) is appended there instead of done inline, for ``run_deferred`` once the
+    caller has its answer: the caller then never waits on database writes after the
+    receiver answered, however busy the database is.
+    """
     started = time.monotonic()
     cfg = settings.current()
     _sweep_lost()
@@ -184,7 +197,7 @@ def invoke(
         if not admission.allowed:
             tried.append(_skip(event, cb, CIRCUIT_OPEN, admission.reason))
             continue
-        attempt, response = _call(event, body, cb, min(float(cb.timeout), remaining), admission.trial)
+        attempt, response = _call(event, body, cb, min(float(cb.timeout), remaining), admission.trial, defer)
         tried.append(attempt)
         if attempt.error_class is None:
             answer = attempt
@@ -239,7 +252,7 @@ def _skip(event: Event, cb: Callback, code: str, reason: str) -> Tried:
 
 
 def _call(
-    event: Event, body: bytes, cb: Callback, budget: float, trial: bool
+    event: Event, body: bytes, cb: Callback, budget: float, trial: bool, defer: list[Finalizer] | None
 ) -> tuple[Tried, delivery.transport.Response]:
     """One signed request within ``budget`` seconds, logged as an ``invoke`` delivery."""
     snapshot = _snapshot(cb)
@@ -260,22 +273,30 @@ def _call(
     delivery_id, callback_id, webhook_id, timeout = d.id, cb.id, d.webhook_id, cb.timeout
     db.session.commit()  # releases the connection while we wait on the receiver
     result, headers = delivery.send(snapshot, webhook_id, body, DeliveryKind.INVOKE, timeout=budget)
-    d = db.session.get(Delivery, delivery_id)
-    fresh = db.session.get(Callback, callback_id, populate_existing=True)
-    assert d is not None and fresh is not None
-    delivery.record_attempt(d, result, headers, now)
-    delivery.finish(d, fresh, result)
-    if d.status not in (DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED):
-        # The caller is waiting now or never: an invocation is never retried.
-        d.status = DeliveryStatus.FAILED
-        d.next_attempt_at = None
-        d.finished_at = d.finished_at or utcnow()
     cause = _cause(result, budget, timeout)
-    if result.ok:
-        breaker.record_success(fresh, trial)
+
+    def record() -> None:
+        d = db.session.get(Delivery, delivery_id)
+        fresh = db.session.get(Callback, callback_id, populate_existing=True)
+        if d is None or fresh is None:  # pruned or purged meanwhile: nothing left to record on
+            return
+        delivery.record_attempt(d, result, headers, now)
+        delivery.finish(d, fresh, result)
+        if d.status not in (DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED):
+            # The caller is waiting now or never: an invocation is never retried.
+            d.status = DeliveryStatus.FAILED
+            d.next_attempt_at = None
+            d.finished_at = d.finished_at or utcnow()
+        if result.ok:
+            breaker.record_success(fresh, trial)
+        else:
+            breaker.record_failure(fresh, trial, cause)
+        db.session.flush()
+
+    if defer is None:
+        record()  # committed by invoke(): one commit per call
     else:
-        breaker.record_failure(fresh, trial, cause)
-    db.session.flush()  # committed by the caller: one commit per call keeps the answer quick
+        defer.append(record)
     return (
         Tried(
             callback_id,
@@ -459,3 +480,18 @@ def outcome_of(d: Delivery, cb: Callback) -> Result:
         )
         return _answered(tried, response, [tried], attempt.duration_ms)
     return _failed([_link(cb)], [tried], tried.duration_ms)
+
+
+def run_deferred(app: Flask, pending: list[Finalizer]) -> None:
+    """Record deferred calls in their own app context (after the response was sent)."""
+    with app.app_context():
+        try:
+            for record in pending:
+                try:
+                    record()
+                    db.session.commit()
+                except Exception:  # noqa: BLE001 - one failed record must not lose the others
+                    db.session.rollback()
+                    logging.getLogger("cbdash").exception("recording a sync invocation failed")
+        finally:
+            db.session.remove()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import jsonify
+from flask import current_app, jsonify
 
 from ..extensions import db
 from ..formatting import iso
@@ -46,11 +46,19 @@ def invoke_definition(name: str):  # type: ignore[no-untyped-def]
             {"payload": "Required."},
         )
     timeout = _timeout(data)
+    pending: list[invoke_service.Finalizer] = []
     try:
-        result = invoke_service.invoke(name, data["payload"], timeout=timeout)
+        result = invoke_service.invoke(name, data["payload"], timeout=timeout, defer=pending)
     except invoke_service.InvokeError as exc:
         raise ApiError(exc.status, exc.code, exc.message) from exc
-    return jsonify(result.as_dict()), result.http_status
+    response = jsonify(result.as_dict())
+    response.status_code = result.http_status
+    if pending:
+        # The attempt and outcome are written once the caller has its answer (same thread,
+        # after the body is sent), so a busy database never delays the store.
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        response.call_on_close(lambda: invoke_service.run_deferred(app, pending))
+    return response
 
 
 def breaker_json(cb) -> dict:  # type: ignore[no-untyped-def]
