@@ -408,3 +408,46 @@ def test_the_outcome_is_recorded_after_the_caller_has_its_answer(client, auth, r
     d = db.session.get(Delivery, data["delivery_id"])
     assert (d.status, len(d.attempts)) == ("succeeded", 1)
     assert db.session.get(Callback, cb.id).last_status_code == 200
+
+
+def test_api_sets_priority_and_failure_policy(client, auth, receiver):
+    from cbdash.models import AuditEntry
+
+    cb = make_callback(receiver.url(), DEF)
+    body = {"priority": 5, "failure_policy": "fallback", "fallback_response": {"redirect_url": "/later"}}
+
+    response = client.patch(f"/api/v1/callbacks/{cb.id}/sync", json=body, headers=auth)
+
+    assert response.status_code == 200
+    assert {k: response.get_json()[k] for k in body} == body
+    db.session.expire_all()
+    cb = db.session.get(Callback, cb.id)
+    assert (cb.priority, cb.failure_policy, cb.fallback_response) == (
+        5,
+        "fallback",
+        {"redirect_url": "/later"},
+    )
+    assert db.session.query(AuditEntry).filter_by(action="callback.sync_settings").count() == 1
+    assert client.get(f"/api/v1/callbacks/{cb.id}/sync", headers=auth).get_json()["priority"] == 5
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"failure_policy": "fallback"}, "fallback_response"),
+        ({"failure_policy": "retry"}, "failure_policy"),
+        ({"priority": "1"}, "priority"),
+        ({"priority": -1}, "priority"),
+        ({"priority": True}, "priority"),
+        ({"fallback_response": "x" * 20000}, "fallback_response"),
+    ],
+)
+def test_api_rejects_bad_sync_settings(client, auth, receiver, body, field):
+    cb = make_callback(receiver.url(), DEF)
+    response = client.patch(f"/api/v1/callbacks/{cb.id}/sync", json=body, headers=auth)
+    assert response.status_code == 400 and field in response.get_json()["error"]["fields"]
+    db.session.expire_all()
+    assert (db.session.get(Callback, cb.id).failure_policy, db.session.get(Callback, cb.id).priority) == (
+        "fail",
+        100,
+    )

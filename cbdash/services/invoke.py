@@ -42,6 +42,7 @@ RESERVE_S = 0.15
 MIN_BUDGET_S = 0.05
 BODY_TEXT_LIMIT = 4096
 FALLBACK_LIMIT = 16 * 1024
+PRIORITY_RANGE = (0, 10000)
 # Skip reasons that are not HTTP errors (the transport's classes cover the rest).
 CIRCUIT_OPEN = "circuit_open"
 NO_TIME = "no_time_left"
@@ -438,23 +439,60 @@ def _sweep_lost(every: float = 60.0) -> None:
         db.session.commit()
 
 
-def validate_fallback(policy: str, raw: str) -> tuple[Any, dict[str, str]]:
-    """Check a failure policy and fallback JSON text; return (parsed fallback, errors by field)."""
-    errors: dict[str, str] = {}
-    if policy not in POLICIES:
-        errors["failure_policy"] = "Choose fail or fallback."
-    value: Any = None
+def parse_fallback_text(raw: str) -> tuple[Any, str | None]:
+    """A fallback response typed as JSON text: (value, error). Empty text is no fallback (None)."""
     text = (raw or "").strip()
     if len(text.encode()) > FALLBACK_LIMIT:
-        errors["fallback_response"] = f"Keep the fallback response under {FALLBACK_LIMIT // 1024} KiB."
-    elif text:
-        try:
-            value = json.loads(text)
-        except ValueError as exc:
-            errors["fallback_response"] = f"Not valid JSON: {exc}."
-    if policy == FALLBACK and value is None and "fallback_response" not in errors:
+        return None, f"Keep the fallback response under {FALLBACK_LIMIT // 1024} KiB."
+    if not text:
+        return None, None
+    try:
+        return json.loads(text), None
+    except ValueError as exc:
+        return None, f"Not valid JSON: {exc}."
+
+
+def validate_settings(data: dict[str, Any], cb: Callback) -> tuple[dict[str, Any], dict[str, str]]:
+    """Check priority, failure policy and fallback response (a JSON value); return (clean, errors)."""
+    clean: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    if "failure_policy" in data:
+        if data["failure_policy"] not in POLICIES:
+            errors["failure_policy"] = "Choose fail or fallback."
+        else:
+            clean["failure_policy"] = data["failure_policy"]
+    if "fallback_response" in data:
+        value = data["fallback_response"]
+        if len(json.dumps(value).encode()) > FALLBACK_LIMIT:
+            errors["fallback_response"] = f"Keep the fallback response under {FALLBACK_LIMIT // 1024} KiB."
+        else:
+            clean["fallback_response"] = value
+    if "priority" in data:
+        priority = data["priority"]
+        low, high = PRIORITY_RANGE
+        if isinstance(priority, bool) or not isinstance(priority, int) or not low <= priority <= high:
+            errors["priority"] = f"Enter a whole number from {low} to {high}."
+        else:
+            clean["priority"] = priority
+    policy = clean.get("failure_policy", cb.failure_policy)
+    fallback = clean["fallback_response"] if "fallback_response" in clean else cb.fallback_response
+    if (
+        policy == FALLBACK
+        and fallback is None
+        and not errors.keys() & {"failure_policy", "fallback_response"}
+    ):
         errors["fallback_response"] = "The fallback policy needs a JSON response to return (for example {})."
-    return value, errors
+    return clean, errors
+
+
+def apply_settings(cb: Callback, clean: dict[str, Any]) -> dict[str, Any]:
+    """Set the checked values; return {field: [old, new]} for the audit log."""
+    changes: dict[str, Any] = {}
+    for name, value in clean.items():
+        if getattr(cb, name) != value:
+            changes[name] = [getattr(cb, name), value]
+            setattr(cb, name, value)
+    return changes
 
 
 def outcome_of(d: Delivery, cb: Callback) -> Result:

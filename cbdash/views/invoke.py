@@ -11,6 +11,7 @@ from ..services import invoke as invoke_service
 from .api import ApiError, _get_callback, _json_body, _need, _unknown, bp
 
 INVOKE_FIELDS = {"payload", "timeout"}
+SYNC_FIELDS = {"priority", "failure_policy", "fallback_response"}
 
 
 def _timeout(data: dict) -> float | None:
@@ -80,6 +81,7 @@ def breaker_json(cb) -> dict:  # type: ignore[no-untyped-def]
 
 
 @bp.get("/callbacks/<int:callback_id>/breaker")
+@bp.get("/callbacks/<int:callback_id>/sync")
 def get_breaker(callback_id: int):  # type: ignore[no-untyped-def]
     return jsonify(breaker_json(_get_callback(callback_id)))
 
@@ -91,5 +93,22 @@ def reset_breaker(callback_id: int):  # type: ignore[no-untyped-def]
     _json_body(allow_empty=True)
     previous = breaker.reset(cb)
     audit.record("callback.breaker_reset", "callback", cb.id, {"previous_state": previous})
+    db.session.commit()
+    return jsonify(breaker_json(cb))
+
+
+@bp.patch("/callbacks/<int:callback_id>/sync")
+def update_sync_settings(callback_id: int):  # type: ignore[no-untyped-def]
+    """Set priority, failure_policy and fallback_response (any JSON value, or null)."""
+    _need("manage")
+    cb = _get_callback(callback_id)
+    data = _json_body()
+    _unknown(data, SYNC_FIELDS)
+    clean, errors = invoke_service.validate_settings(data, cb)
+    if errors:
+        raise ApiError(400, "invalid_fields", "Some fields are not valid.", errors)
+    changes = invoke_service.apply_settings(cb, clean)
+    if changes:
+        audit.record("callback.sync_settings", "callback", cb.id, {"changes": changes})
     db.session.commit()
     return jsonify(breaker_json(cb))

@@ -15,7 +15,6 @@ from ..services import audit, breaker, catalogue, settings
 from ..services import invoke as invoke_service
 
 bp = Blueprint("sync", __name__, url_prefix="/settings/callbacks")
-PRIORITY_RANGE = (0, 10000)
 
 
 def _get(callback_id: int) -> Callback:
@@ -89,14 +88,15 @@ def save_settings(callback_id: int):  # type: ignore[no-untyped-def]
     policy = (request.form.get("failure_policy") or "").strip()
     raw_fallback = request.form.get("fallback_response") or ""
     raw_priority = (request.form.get("priority") or "").strip()
-    fallback, errors = invoke_service.validate_fallback(policy, raw_fallback)
-    try:
-        priority = int(raw_priority)
-        if not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
-            raise ValueError
-    except ValueError:
-        priority = cb.priority
-        errors["priority"] = f"Enter a whole number from {PRIORITY_RANGE[0]} to {PRIORITY_RANGE[1]}."
+    fallback, fallback_error = invoke_service.parse_fallback_text(raw_fallback)
+    data: dict[str, Any] = {"failure_policy": policy, "priority": raw_priority}
+    if raw_priority.lstrip("-").isdigit():
+        data["priority"] = int(raw_priority)
+    if fallback_error is None:
+        data["fallback_response"] = fallback
+    clean, errors = invoke_service.validate_settings(data, cb)
+    if fallback_error is not None:
+        errors["fallback_response"] = fallback_error
     if errors:
         g.sync_form = {
             "failure_policy": policy,
@@ -106,11 +106,7 @@ def save_settings(callback_id: int):  # type: ignore[no-untyped-def]
         }
         # htmx only swaps 2xx answers, so the form with its errors comes back as 200 there.
         return _section(cb) if htmx.is_htmx() else _detail(cb, 422)
-    changes: dict[str, Any] = {}
-    for name, value in (("failure_policy", policy), ("fallback_response", fallback), ("priority", priority)):
-        if getattr(cb, name) != value:
-            changes[name] = [getattr(cb, name), value]
-            setattr(cb, name, value)
+    changes = invoke_service.apply_settings(cb, clean)
     if changes:
         audit.record("callback.sync_settings", "callback", cb.id, {"changes": changes})
     db.session.commit()
