@@ -80,6 +80,7 @@ def test_call_now_without_javascript_redirects_to_the_result(admin, receiver):
     assert response.location.endswith(f"/settings/callbacks/{cb.id}?call={d.id}#sync")
     html = section(page(admin, cb, call=d.id), cb)
     assert 'data-http-status="200"' in html and "https://pay.example/c/2" in html
+    assert "&#34;cart_id&#34;: &#34;x&#34;" in html  # the payload sent stays in the form
 
 
 def test_call_now_reports_a_non_json_answer(admin, receiver):
@@ -165,7 +166,8 @@ def test_admin_sets_fallback_policy_and_priority(admin, receiver):
     assert response.status_code == 200 and "cbdash:notice" in response.headers["HX-Trigger"]
     html = response.get_data(as_text=True)
     assert html.lstrip().startswith(f'<section class="card" id="sync-{cb.id}"')
-    assert "Fallback — the caller gets the static response" in html
+    assert "Fallback — the caller gets this static response" in html
+    assert "&#34;redirect_url&#34;: &#34;/later&#34;" in html.split('class="code-block fallback-body">')[1]
     db.session.expire_all()
     cb = db.session.get(Callback, cb.id)
     assert (cb.failure_policy, cb.fallback_response, cb.priority) == (

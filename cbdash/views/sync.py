@@ -36,11 +36,13 @@ def sync_panel(cb: Callback) -> dict[str, Any]:
         "errors": {},
     }
     call = getattr(g, "sync_call", None)
+    payload = getattr(g, "sync_payload", None)
     if call is None and request.args.get("call", "").isdigit():
         d = db.session.get(Delivery, int(request.args["call"]))
         if d is not None and d.callback_id == cb.id and d.kind == "invoke":
             call = invoke_service.outcome_of(d, cb)
-    payload = getattr(g, "sync_payload", None)
+            if payload is None:  # keep what was sent in the form, for the next try
+                payload = json.dumps(d.event.payload, indent=2, ensure_ascii=False)
     if payload is None:
         payload = json.dumps(catalogue.sample_payload(cb.definition), indent=2, ensure_ascii=False)
     return {
@@ -49,6 +51,7 @@ def sync_panel(cb: Callback) -> dict[str, Any]:
         "call": call,
         "call_error": getattr(g, "sync_call_error", None),
         "payload": payload,
+        "fallback_pretty": json.dumps(cb.fallback_response, indent=2, ensure_ascii=False),
         "is_sync": bool(catalogue.CATALOGUE.get(cb.definition, {}).get("sync")),
         "policies": invoke_service.POLICIES,
     }
