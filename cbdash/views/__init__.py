@@ -7,8 +7,7 @@ from flask import Flask, redirect, url_for
 
 def register(app: Flask) -> None:
     from ..extensions import csrf
-    from . import api, auth, callbacks, deliveries, ops
-    from . import invoke, sync  # noqa: F401 - invoke adds its routes to api.bp, so before registering it
+    from . import api, auth, callbacks, deliveries, invoke, ops, sync  # noqa: F401 - invoke adds api.bp routes
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(callbacks.bp)
