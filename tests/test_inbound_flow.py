@@ -257,6 +257,19 @@ def test_rate_limit_answers_429_with_retry_after(client):
     assert inbound.throttled_today([1]) == {1: 2}
 
 
+def test_throttled_requests_are_answered_without_the_database(client, monkeypatch):
+    make_source(rate_limit=1, rate_window=60)
+    assert client.post("/hooks/pay", data=BODY, headers=signed(BODY, "r1")).status_code == 200
+
+    def no_db(*_a, **_k):  # type: ignore[no-untyped-def]
+        raise AssertionError("the database was queried for a throttled request")
+
+    monkeypatch.setattr(inbound, "find", no_db)
+    monkeypatch.setattr(inbound.db.session, "scalar", no_db)
+    response = client.post("/hooks/pay", data=BODY, headers=signed(BODY, "r2"))
+    assert response.status_code == 429 and response.headers["Retry-After"]
+
+
 def test_rate_limit_windows_are_per_source(client):
     make_source("a-src", rate_limit=1, rate_window=60)
     make_source("b-src", rate_limit=1, rate_window=60)

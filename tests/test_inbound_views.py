@@ -122,6 +122,7 @@ def test_create_generates_a_standard_webhooks_secret_and_audits(admin):
         ({"tolerance": "5"}, "tolerance", "between 30 and 3600"),
         ({"rate_limit": "lots"}, "rate_limit", "whole number"),
         ({"dedupe_header": "bad header"}, "dedupe_header", "valid header"),
+        ({"dedupe_header": "json:"}, "dedupe_header", "for a body field"),
     ],
 )
 def test_form_errors_show_inline_next_to_their_field(admin, changes, field, message):
@@ -131,6 +132,17 @@ def test_form_errors_show_inline_next_to_their_field(admin, changes, field, mess
     error = re.search(rf'<p class="field-error" id="{field}-error">(.*?)</p>', html)
     assert error and message in error.group(1), html[:3000]
     assert db.session.scalar(select(InboundSource)) is None
+
+
+def test_dedupe_on_a_json_body_field_is_accepted(admin):
+    form = {
+        **FORM,
+        "preset": "stripe",
+        "secret": "whsec_from_stripe_123",
+        "dedupe_header": "json:data.object.id",
+    }
+    assert admin.post("/settings/inbound/new", data=form).status_code == 303
+    assert db.session.scalar(select(InboundSource.dedupe_header)) == "json:data.object.id"
 
 
 def test_slug_must_be_unique(admin):

@@ -538,30 +538,78 @@ def _throttled_key(source_id: int) -> str:
     return f"cbdash:inbound:throttled:{source_id}:{time.strftime('%Y%m%d', time.gmtime())}"
 
 
-def throttle(source: InboundSource, now: float | None = None) -> int:
+# One round trip per request: count the hit in the current fixed window and, when over
+# the limit, count the 429 for the page's "rate-limited today" figure.
+_THROTTLE_LUA = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+if count > tonumber(ARGV[2]) then
+  redis.call('INCR', KEYS[2])
+  redis.call('EXPIRE', KEYS[2], 172800)
+end
+return count
+"""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the hot path needs before touching the database."""
+
+    source_id: int
+    rate_limit: int
+    rate_window: int
+
+
+LIMITS_TTL = 5.0  # seconds a slug's limits are cached in this process
+_LIMITS_MAX = 1024
+
+
+def limits(slug: str) -> Limits | None:
+    """The source's rate limit, cached briefly so a flood answered 429 never queries the database.
+
+    Unknown slugs are cached too (as None). A new source or a changed limit is therefore
+    seen within LIMITS_TTL seconds; activation and secrets are always read fresh.
+    """
+    from flask import current_app
+
+    cache: dict[str, tuple[float, Limits | None]] = current_app.extensions.setdefault(
+        "cbdash_inbound_limits", {}
+    )
+    now = time.monotonic()
+    hit = cache.get(slug)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    source = find(slug)
+    value = None if source is None else Limits(source.id, source.rate_limit, source.rate_window)
+    if len(cache) >= _LIMITS_MAX:
+        cache.clear()  # bounded: random slugs cannot grow it without limit
+    cache[slug] = (now + LIMITS_TTL, value)
+    return value
+
+
+def throttle(source: InboundSource | Limits, now: float | None = None) -> int:
     """Fixed-window rate limit in Redis: seconds to wait (for Retry-After), or 0 to go ahead."""
     from ..queue import get_redis
 
+    source_id = source.source_id if isinstance(source, Limits) else source.id
     if source.rate_limit <= 0:
         return 0
     now = time.time() if now is None else now
     window = max(int(source.rate_window), 1)
     start = int(now // window) * window
-    key = f"cbdash:inbound:rl:{source.id}:{start}"
     try:
         redis = get_redis()
-        with redis.pipeline() as pipe:
-            pipe.incr(key)
-            pipe.expire(key, window + 5)
-            count = pipe.execute()[0]
-        if count <= source.rate_limit:
-            return 0
-        with redis.pipeline() as pipe:
-            pipe.incr(_throttled_key(source.id))
-            pipe.expire(_throttled_key(source.id), 2 * 86400)
-            pipe.execute()
+        script = redis.register_script(_THROTTLE_LUA)
+        count = int(
+            script(
+                keys=[f"cbdash:inbound:rl:{source_id}:{start}", _throttled_key(source_id)],
+                args=[window + 5, source.rate_limit],
+            )
+        )
     except Exception as exc:  # noqa: BLE001 - no Redis: accept rather than drop a provider's messages
         log.warning("inbound rate limit unavailable (%s); letting the request through", exc)
+        return 0
+    if count <= source.rate_limit:
         return 0
     return max(1, math.ceil(start + window - now))
 
@@ -695,11 +743,12 @@ def receive(
 ) -> Reply:
     """Handle one POST to ``/hooks/<slug>``; ``read_body(limit)`` gives the raw bytes or None when over."""
     started = time.perf_counter()
-    source = find(slug)
-    if source is None:
+    limit_info = limits(slug)
+    if limit_info is None:
         log.warning("inbound: POST to unknown slug %r from %s", slug[:40], remote_addr)
         return _error(404, "not_found", "There is no inbound webhook at this address.")
-    wait = throttle(source, now)
+    # Rate limit first: a flood is answered from Redis alone, before any database work.
+    wait = throttle(limit_info, now)
     if wait:
         return _error(
             429,
@@ -708,6 +757,9 @@ def receive(
             headers={"Retry-After": str(wait)},
             outcome="throttled",
         )
+    source = find(slug)
+    if source is None:  # deleted within the cache's lifetime
+        return _error(404, "not_found", "There is no inbound webhook at this address.")
     if not source.active:
         # Answer like an unknown slug (nothing to learn from probing), but tell the admins.
         _refuse(source, 404, Reason.INACTIVE, "The source is inactive.", headers, remote_addr)
