@@ -41,6 +41,9 @@ def upgrade_db(app: Flask) -> None:
 def register_cli(app: Flask) -> None:
     for command in (up, worker, create_user, create_token, demo, export_cmd, import_cmd, prune, bench):
         app.cli.add_command(command)
+    from .bench_scale import bench_scale  # page speed at size (cbdash bench --scale runs it too)
+
+    app.cli.add_command(bench_scale)
 
 
 @click.command()
