@@ -488,3 +488,21 @@ def test_bench_scale_seeds_consistent_rollups_and_ends_with_the_ratio_line(tmp_p
         assert outcomes == finished
         db.session.remove()
         db.engine.dispose()
+
+
+def test_scheduled_prune_runs_once_per_interval_and_keeps_the_figures(app, admin, auth, receiver):
+    from cbdash import scheduled
+
+    make_callback(receiver.url())
+    admin.post("/api/v1/events", json={"definition": "order.created", "payload": {}}, headers=auth)
+    run_worker(app)
+    old = db.session.scalars(select(Attempt)).one()
+    old.started_at -= timedelta(days=app.config["RETENTION_DAYS"] + 1)
+    db.session.commit()
+    before = monitoring.totals(monitoring.window("7d"))
+    first = scheduled.run_if_due(app, interval=60)
+    assert first is not None and first["attempts"] == 1 and "rollups" in first
+    assert scheduled.run_if_due(app, interval=60) is None  # another worker ran it moments ago
+    assert db.session.scalar(select(func.count()).select_from(Attempt)) == 0
+    after = monitoring.totals(monitoring.window("7d"))
+    assert (after.attempts, after.attempts_ok) == (before.attempts, before.attempts_ok) == (1, 1)

@@ -241,17 +241,20 @@ def _callback_id_of(conn: Connection, attempt: Attempt) -> int | None:
     return conn.execute(select(Delivery.callback_id).where(Delivery.id == attempt.delivery_id)).scalar()
 
 
-def prune_rollups(now: datetime | None = None) -> dict[str, int]:
-    """Drop minute rows older than 8 days and hour rows older than 400 days."""
+def prune_rollups(now: datetime | None = None, batch: int = 5000) -> dict[str, int]:
+    """Drop minute rows older than 8 days and hour rows older than 400 days, in small batches."""
     now = now or utcnow()
     removed = {"minute": 0, "hour": 0}
     for model in (StatsRollup, LatencyRollup):
         for res, keep, name in ((MINUTE, KEEP_MINUTE_ROWS, "minute"), (HOUR, KEEP_HOUR_ROWS, "hour")):
-            result = db.session.execute(
-                delete(model).where(model.resolution == res, model.bucket < now - keep)  # type: ignore[attr-defined]
-            )
-            removed[name] += result.rowcount or 0  # type: ignore[attr-defined]
-            db.session.commit()
+            old = select(model.id).where(model.resolution == res, model.bucket < now - keep).limit(batch)  # type: ignore[attr-defined]
+            while True:
+                ids = list(db.session.scalars(old))
+                if not ids:
+                    break
+                db.session.execute(delete(model).where(model.id.in_(ids)))  # type: ignore[attr-defined]
+                db.session.commit()  # one short transaction per batch
+                removed[name] += len(ids)
     return removed
 
 
