@@ -108,7 +108,7 @@ def test_silent_receiver_gets_504_within_the_callbacks_timeout(app, client, auth
     response, elapsed = invoke(client, auth)
 
     assert response.status_code == 504
-    assert 2.9 <= elapsed < 4.0, elapsed
+    assert 2.9 <= elapsed < 5.0, elapsed  # about 3 s, never more than 5 (issue 7)
     error = response.get_json()["error"]
     assert error["code"] == "receiver_timeout"
     assert f"callback #{cb.id}" in error["message"] and "3 s timeout" in error["message"]
@@ -125,7 +125,7 @@ def test_dripping_receiver_gets_504_within_the_callbacks_timeout(client, auth, r
     response, elapsed = invoke(client, auth)
 
     assert response.status_code == 504
-    assert 2.9 <= elapsed < 4.0, elapsed
+    assert 2.9 <= elapsed < 5.0, elapsed  # about 3 s, never more than 5 (issue 7)
     assert response.get_json()["tried"][0]["error"] == "timeout"
 
 
