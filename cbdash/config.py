@@ -36,6 +36,7 @@ SETTINGS: dict[str, tuple[Any, Any, str]] = {
     "DISABLE_AFTER_HOURS": (24.0, float, "hours of continuous failure before auto-disable"),
     "DISABLE_MIN_FAILURES": (10, int, "failed attempts needed (with the hours) to auto-disable"),
     "ALERT_URL": ("", str, "optional URL that receives a JSON alert when a callback is disabled"),
+    "ALERT_SECRET": ("", str, "whsec_ secret that signs alert webhooks (Standard Webhooks); empty: unsigned"),
     "RETENTION_DAYS": (30, int, "attempts and payloads older than this are pruned"),
     "PAGE_SIZE": (25, int, "rows per page in tables"),
     "BREAKER_FAILURES": (5, int, "failed sync invocations within the window that open a breaker (0: off)"),

@@ -70,18 +70,58 @@ def enqueue(ids: Iterable[int], *, at_front: bool = False) -> bool:
 
 def schedule(delivery_id: int, when: datetime, timeout: int) -> bool:
     """Queue a retry for ``when`` (naive UTC) on RQ's scheduler."""
+    return schedule_many([delivery_id], when, timeout)
+
+
+def schedule_many(delivery_ids: list[int], when: datetime, timeout: int) -> bool:
+    """Queue one job for ``delivery_ids`` at ``when`` (naive UTC); ``timeout`` is the largest HTTP timeout."""
+    from rq.registry import ScheduledJobRegistry
+
     from .jobs import deliver
 
+    at = when.replace(tzinfo=UTC)
     try:
-        get_queue().enqueue_at(
-            when.replace(tzinfo=UTC),
-            deliver,
-            [delivery_id],
-            job_timeout=timeout + JOB_MARGIN,
-            result_ttl=0,
-            failure_ttl=86400,
-        )
+        queue = get_queue()
+        with queue.connection.pipeline() as pipe:
+            job = queue.enqueue_at(
+                at,
+                deliver,
+                list(delivery_ids),
+                job_timeout=timeout * len(delivery_ids) + JOB_MARGIN,
+                result_ttl=0,
+                failure_ttl=86400,
+                pipeline=pipe,
+            )
+            # RQ scores by whole seconds (truncated: up to a second early). The exact
+            # time instead: cbdash's scheduler reads it precisely, and a stock RQ
+            # scheduler, comparing whole seconds, fires at the next one -- never early.
+            pipe.zadd(ScheduledJobRegistry(queue=queue).key, {job.id: at.timestamp()})
+            pipe.execute()
     except Exception as exc:  # noqa: BLE001
-        log.warning("could not schedule delivery %s (%s); the reconciler will", delivery_id, exc)
+        log.warning("could not schedule deliveries %s (%s); the reconciler will", delivery_ids[:5], exc)
+        return False
+    return True
+
+
+def enqueue_alert(callback_id: int) -> bool:
+    """Queue the alert webhook for an auto-disabled callback, when ``CBDASH_ALERT_URL`` is set."""
+    from flask import current_app
+    from rq import Retry
+
+    from .jobs import send_alert
+
+    if not current_app.config.get("ALERT_URL"):
+        return False
+    try:
+        get_queue().enqueue(
+            send_alert,
+            callback_id,
+            job_timeout=60,
+            result_ttl=0,
+            failure_ttl=7 * 86400,
+            retry=Retry(max=3, interval=[10, 60, 300]),
+        )
+    except Exception as exc:  # noqa: BLE001 - the banner still shows it
+        log.warning("could not queue the alert for callback %s (%s)", callback_id, exc)
         return False
     return True

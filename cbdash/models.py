@@ -180,6 +180,13 @@ class Delivery(db.Model):
     )
 
     @property
+    def next_attempt_shown(self) -> datetime | None:
+        """The next attempt as shown to people: never in the past (an overdue one is due now)."""
+        if self.status not in (DeliveryStatus.PENDING, DeliveryStatus.RETRYING) or not self.next_attempt_at:
+            return None
+        return max(self.next_attempt_at, utcnow())
+
+    @property
     def is_final(self) -> bool:
         return self.status in (
             DeliveryStatus.SUCCEEDED,

@@ -64,7 +64,7 @@ def delivery(d: Delivery, with_attempts: bool = False) -> dict[str, Any]:
         "last_status_code": d.last_status_code,
         "last_error": d.last_error,
         "last_duration_ms": d.last_duration_ms,
-        "next_attempt_at": iso(d.next_attempt_at) if d.status in ("pending", "retrying") else None,
+        "next_attempt_at": iso(d.next_attempt_shown),
         "created_at": iso(d.created_at),
         "finished_at": iso(d.finished_at),
     }

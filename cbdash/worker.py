@@ -1,8 +1,23 @@
-"""The cbdash worker: a non-forking RQ worker with the scheduler and the reconciler.
+"""The cbdash worker: a non-forking RQ worker with the scheduler, the reconciler and a lease keeper.
 
 RQ's default worker forks per job, which costs more than a delivery; a
-SimpleWorker runs jobs in-process. ``with_scheduler=True`` always: retries are
+SimpleWorker runs jobs in-process. The scheduler always runs: retries are
 scheduled jobs. The reconciler runs on one worker at a time (a Redis lock).
+
+Recovery bounds, with the defaults (all read from the app config):
+
+- a worker killed mid-attempt: its claim is a lease of ``CLAIM_LEASE`` (30 s)
+  that a keeper thread renews every third of it while the attempt runs, so the
+  reconciler (every ``RECONCILE_INTERVAL``, 2 s) hands the delivery to another
+  worker at most ~32 s after the last renewal;
+- the rest of a killed worker's batch, or a job Redis lost: re-enqueued once
+  ``RECONCILE_REQUEUE_AFTER`` (60 s) has passed since it was queued and the
+  queue no longer holds anything older;
+- Redis flushed or restarted empty: noticed on the next reconciler pass (a
+  marker key disappears) and every open delivery is queued or scheduled again;
+- a dead worker's scheduler: the scheduler process exits when its worker dies
+  and releases its lock; a lock left by a killed process group expires after
+  ~60 s (RQ) and a live worker takes over within ``MAINTENANCE_INTERVAL`` (15 s).
 """
 
 from __future__ import annotations
@@ -11,14 +26,106 @@ import logging
 import os
 import socket
 import threading
+import time
 
 from flask import Flask
 from rq import SimpleWorker
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+from rq.registry import ScheduledJobRegistry
+from rq.scheduler import RQScheduler
 
 from .queue import get_queue, get_redis
 
 log = logging.getLogger(__name__)
 RECONCILER_LOCK = "cbdash:reconciler"
+
+
+class _PreciseRegistry(ScheduledJobRegistry):
+    """Due jobs by the exact clock: cbdash scores its retries with fractional seconds."""
+
+    def get_jobs_to_schedule(self, timestamp: int | None = None, chunk_size: int = 1000) -> list[str]:
+        return super().get_jobs_to_schedule(time.time(), chunk_size)  # type: ignore[arg-type]
+
+
+class _Scheduler(RQScheduler):
+    """RQ's scheduler, precise to its poll interval and leaving when its worker dies.
+
+    Stock RQ compares whole seconds and polls once a second, so a retry could
+    start up to two seconds late; cbdash schedules with exact scores (see
+    ``dispatch.schedule_many``) and this scheduler reads them with the exact
+    clock every ``poll_interval``. A scheduler orphaned by ``kill -9`` of its
+    worker would otherwise keep the scheduler lock (and run) forever.
+    """
+
+    def __init__(self, *args, poll_interval: float = 1.0, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        # RQ derives its lock TTLs from ``interval`` and Redis wants whole seconds
+        # there, so the finer poll is kept apart.
+        super().__init__(*args, interval=1, **kwargs)
+        self.poll_interval = poll_interval
+        self._worker_pid = os.getpid()
+
+    def work(self) -> None:
+        """RQ's scheduler loop with a sub-second poll."""
+        self._install_signal_handlers()
+        self.register_birth()
+        while True:
+            if self._stop_requested:
+                self.stop()
+                break
+            if self.should_reacquire_locks:
+                self.acquire_locks()
+            self.heartbeat()
+            self.enqueue_scheduled_jobs()
+            time.sleep(self.poll_interval)
+
+    def prepare_registries(self, queue_names=None) -> None:  # type: ignore[no-untyped-def]
+        super().prepare_registries(queue_names)
+        self._scheduled_job_registries = [
+            _PreciseRegistry(r.name, connection=self.connection, serializer=self.serializer)
+            for r in self._scheduled_job_registries
+        ]
+
+    def enqueue_scheduled_jobs(self) -> None:
+        if os.getpid() != self._worker_pid and os.getppid() != self._worker_pid:
+            log.warning("scheduler: worker %s is gone, stopping", self._worker_pid)
+            self.request_stop()
+            return
+        super().enqueue_scheduled_jobs()
+
+
+class CbdashWorker(SimpleWorker):
+    """A SimpleWorker whose scheduler polls every ``scheduler_interval`` seconds."""
+
+    scheduler_interval: float = 0.25
+
+    def _start_scheduler(  # type: ignore[override]
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+    ) -> None:
+        # Same as RQ's, with our scheduler class and interval.
+        self.scheduler = _Scheduler(
+            self.queues,
+            connection=self.connection,
+            poll_interval=self.scheduler_interval,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            date_format=date_format,
+            log_format=log_format,
+            serializer=self.serializer,
+        )
+        self.scheduler.acquire_locks()
+        if self.scheduler.acquired_locks:
+            if burst:
+                try:
+                    self.scheduler.register_birth()
+                    self.scheduler.enqueue_scheduled_jobs()
+                finally:
+                    self.scheduler.release_locks()
+                    self.scheduler.register_death()
+            else:
+                self.scheduler.start()
 
 
 def reconcile_once(app: Flask) -> None:
@@ -33,7 +140,7 @@ def reconcile_once(app: Flask) -> None:
 
 def _reconciler_loop(app: Flask, stop: threading.Event, interval: float, owner: str) -> None:
     redis = get_redis(app)
-    ttl_ms = int(interval * 3 * 1000)
+    ttl_ms = max(int(interval * 3 * 1000), 3000)
     while not stop.wait(interval):
         try:
             # Only one reconciler across all workers and hosts: whoever holds the lock.
@@ -47,28 +154,60 @@ def _reconciler_loop(app: Flask, stop: threading.Event, interval: float, owner: 
         reconcile_once(app)
 
 
+def _lease_loop(app: Flask, stop: threading.Event, interval: float) -> None:
+    """Extend the claims of the deliveries this process is sending, so they outlive a slow receiver."""
+    from .services import delivery
+
+    while not stop.wait(interval):
+        with app.app_context():
+            try:
+                delivery.renew_leases()
+            except Exception:  # noqa: BLE001 - a missed renewal only risks a duplicate send
+                log.exception("lease renewal failed")
+
+
 def run(app: Flask, *, burst: bool = False, name: str | None = None) -> None:
     """Run one worker until stopped (or, with ``burst``, until the queue is empty)."""
+    from . import jobs
+    from .services import delivery
+
     owner = name or f"cbdash-{socket.gethostname()}-{os.getpid()}"
     queue = get_queue(app)
     stop = threading.Event()
+    lease = float(app.config.get("CLAIM_LEASE", 30))
+    delivery.LEASES.seconds = lease
+    threads = [
+        threading.Thread(target=_lease_loop, args=(app, stop, lease / 3), daemon=True, name="cbdash-leases")
+    ]
     reconcile_once(app)
-    thread = None
     if not burst:
         interval = float(app.config.get("RECONCILE_INTERVAL", 2.0))
-        thread = threading.Thread(
-            target=_reconciler_loop,
-            args=(app, stop, interval, owner),
-            daemon=True,
-            name="cbdash-reconciler",
+        threads.append(
+            threading.Thread(
+                target=_reconciler_loop,
+                args=(app, stop, interval, owner),
+                daemon=True,
+                name="cbdash-reconciler",
+            )
         )
+    for thread in threads:
         thread.start()
-    from . import jobs
 
     # No long-lived app context: each job pushes its own, so its session is fresh.
     jobs.use_app(app)
-    worker = SimpleWorker([queue], connection=queue.connection, name=owner)
+    maintenance = int(app.config.get("MAINTENANCE_INTERVAL", 15))
+    worker = CbdashWorker(
+        [queue],
+        connection=queue.connection,
+        name=owner,
+        maintenance_interval=maintenance,
+        # RQ only checks for a missing scheduler between jobs or when a dequeue
+        # times out (worker_ttl - 15 s); keep that close to the maintenance interval.
+        worker_ttl=maintenance + 20,
+    )
+    worker.scheduler_interval = float(app.config.get("SCHEDULER_INTERVAL", 0.25))
     try:
         worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
     finally:
         stop.set()
+        delivery.LEASES.seconds = None

@@ -34,14 +34,17 @@ _local = threading.local()
 class _Trace:
     """Per-attempt state shared between the sender and its connection."""
 
-    def __init__(self, policy: ssrf.TargetPolicy, deadline: float) -> None:
+    def __init__(self, policy: ssrf.TargetPolicy, deadline: float, timeout: float) -> None:
         self.policy = policy
         self.deadline = deadline
+        self.timeout = timeout
         self.timings: dict[str, float] = {}
         self.peer: str | None = None
         self.conn: HTTPConnection | None = None
         self.expired = False
         self.done = False
+        # What the attempt was doing, so a timeout can say where it got stuck.
+        self.phase = "resolving the host name"
         self.lock = threading.Lock()
 
     def remaining(self) -> float:
@@ -60,9 +63,11 @@ class _Trace:
             except OSError:
                 pass
 
-    def finish(self) -> None:
+    def finish(self) -> bool:
+        """Stop the watchdog from acting; True when it already cut the connection."""
         with self.lock:
             self.done = True
+            return self.expired
 
 
 class BlockedTarget(Exception):
@@ -90,6 +95,7 @@ class _GuardedMixin:
             raise BlockedTarget(exc) from None
         t1 = time.monotonic()
         trace.timings["dns_ms"] = round((t1 - t0) * 1000, 2)
+        trace.phase = "connecting"
         last_error: OSError | None = None
         for family, ip in addresses:
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -107,6 +113,8 @@ class _GuardedMixin:
                 continue
             trace.peer = str(ip)
             trace.timings["connect_ms"] = round((time.monotonic() - t1) * 1000, 2)
+            tls = isinstance(self, HTTPSConnection)
+            trace.phase = "in the TLS handshake" if tls else "sending the request"
             sock.settimeout(max(trace.remaining(), 0.01))
             return sock
         if isinstance(last_error, TimeoutError) or trace.remaining() <= 0:
@@ -130,7 +138,14 @@ class _GuardedMixin:
                 trace.conn = self  # type: ignore[assignment]
             if self.sock is not None:  # type: ignore[attr-defined]
                 self.sock.settimeout(max(trace.remaining(), 0.01))  # type: ignore[attr-defined]
+            trace.phase = "sending the request"
         return super().request(*args, **kwargs)  # type: ignore[misc]
+
+    def getresponse(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        trace: _Trace | None = getattr(_local, "trace", None)
+        if trace is not None:
+            trace.phase = "waiting for the response headers"
+        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
 
 
 class GuardedHTTPConnection(_GuardedMixin, HTTPConnection):
@@ -223,7 +238,7 @@ def post(
     except ssrf.TargetError as exc:
         result.error_class, result.error_message = exc.error_class, exc.message
         return result
-    trace = _Trace(policy, start + timeout)
+    trace = _Trace(policy, start + timeout, timeout)
     _local.trace = trace
     watchdog = threading.Timer(timeout, trace.expire)
     watchdog.daemon = True
@@ -239,6 +254,7 @@ def post(
             stream=True,
         )
         result.timings["ttfb_ms"] = round((time.monotonic() - start) * 1000, 2)
+        trace.phase = "reading the response body"
         result.status_code = resp.status_code
         result.reason = (resp.reason or "")[:200] if isinstance(resp.reason, str) else None
         result.headers = _header_dict(resp.raw.headers)
@@ -252,6 +268,10 @@ def post(
             received += len(chunk)
             if trace.remaining() <= 0:
                 raise TimeoutError("response body not complete before the deadline")
+        # The watchdog may have cut the socket mid-headers or mid-body; http.client
+        # then sees a clean EOF, so a short answer would pass for a complete one.
+        if trace.finish():
+            raise TimeoutError("the deadline passed while the response was being read")
         result.body = b"".join(chunks)
         declared = resp.headers.get("content-length", "")
         more = received >= read_limit and not resp.raw.isclosed()
@@ -288,10 +308,14 @@ def _discard(resp: requests.Response) -> None:
         conn.close()
 
 
+def _timeout_message(trace: _Trace, text: str) -> str:
+    return f"No complete answer within {trace.timeout:g} s: timed out {trace.phase} ({text})"
+
+
 def _classify(exc: BaseException, trace: _Trace) -> tuple[str, str]:
     text = f"{type(exc).__name__}: {exc}"[:1000]
     if trace.expired or trace.remaining() <= 0:
-        return ErrorClass.TIMEOUT, f"No complete answer within the timeout ({text})"
+        return ErrorClass.TIMEOUT, _timeout_message(trace, text)
     chain = []
     cur: BaseException | None = exc
     while cur is not None and len(chain) < 10:
@@ -303,7 +327,7 @@ def _classify(exc: BaseException, trace: _Trace) -> tuple[str, str]:
     if "NameResolution" in names or "gaierror" in names:
         return ErrorClass.DNS, text
     if any(isinstance(e, TimeoutError | requests.exceptions.Timeout) for e in chain):
-        return ErrorClass.TIMEOUT, text
+        return ErrorClass.TIMEOUT, _timeout_message(trace, text)
     if any(isinstance(e, requests.exceptions.InvalidURL | ValueError) for e in chain):
         return ErrorClass.INVALID_URL, text
     return ErrorClass.CONNECT, text

@@ -20,6 +20,9 @@ def register(app: Flask) -> None:
     from . import inbound
 
     app.register_blueprint(inbound.bp)  # POST /hooks/<slug> is CSRF-exempt in the view
+    from . import recovery
+
+    app.register_blueprint(recovery.bp)
     from . import audit, secrets, tokens, users
 
     for security_bp in (users.bp, tokens.bp, audit.bp, secrets.bp):
