@@ -201,13 +201,13 @@ def test_several_callbacks_share_a_definition_name(admin):
 def test_sort_newest_first_by_default_and_oldest_on_request(admin):
     a, b, c = seed_demo()
     doc = parse(admin.get(PAGE).data)
-    ids = [tr.attrs["id"] for tr in doc.by_id("callbacks-table").find("tbody").find_all("tr")]
+    ids = [tr.attrs["id"] for tr in doc.by_id("callbacks-table").find("tbody").find_all("tr", class_="cb-row")]
     assert ids == [f"callback-{a.id}", f"callback-{b.id}", f"callback-{c.id}"]
     sort_link = doc.find("a", class_="th-sort")
     assert sort_link.attrs["href"] == "/settings/callbacks?sort=oldest"
     assert doc.find("th", class_="col-created").attrs["aria-sort"] == "descending"
     doc = parse(admin.get(PAGE + "?sort=oldest").data)
-    ids = [tr.attrs["id"] for tr in doc.by_id("callbacks-table").find("tbody").find_all("tr")]
+    ids = [tr.attrs["id"] for tr in doc.by_id("callbacks-table").find("tbody").find_all("tr", class_="cb-row")]
     assert ids == [f"callback-{c.id}", f"callback-{b.id}", f"callback-{a.id}"]
     assert doc.find("th", class_="col-created").attrs["aria-sort"] == "ascending"
 
@@ -287,7 +287,8 @@ def test_urls_are_shown_with_credentials_and_query_secrets_masked(admin):
     make_callback("https://user:hunter2@crm.example.com/hook?api_key=SECRET123&region=eu", "customer.created")
     body = admin.get(PAGE).get_data(as_text=True)
     assert "hunter2" not in body and "SECRET123" not in body
-    assert "https://user:••••@crm.example.com/hook?api_key=••••&amp;region=eu" in body
+    url = parse(body).find("span", class_="url-text")
+    assert url.text == url.attrs["title"] == "https://user:••••@crm.example.com/hook?api_key=••••&region=eu"
 
 
 def test_http_urls_carry_an_https_recommended_badge(admin):
@@ -464,7 +465,11 @@ def test_ping_to_a_closed_port_reports_the_connection_failure(app, admin):
     err = result.find("strong", class_="ping-error")
     assert err.attrs["data-error-class"] == "connect"
     assert err.text == "Connection failed"
-    assert "ping-fail" in result.by_id(f"ping-{cb.id}").classes
+    box = result.by_id(f"ping-{cb.id}")
+    assert "ping-fail" in box.classes
+    detail = box.find("span", class_="ping-detail")
+    assert detail.text.startswith("· connection refused")
+    assert "Connection refused" in detail.attrs["title"]  # the transport's full message
 
 
 def test_ping_timeout_is_reported_as_timed_out(app, admin, receiver):
@@ -475,6 +480,7 @@ def test_ping_timeout_is_reported_as_timed_out(app, admin, receiver):
     result = parse(admin.get(parse(r.data).by_id(f"ping-{cb.id}").attrs["hx-get"], headers=HX).data)
     err = result.find("strong", class_="ping-error")
     assert err.attrs["data-error-class"] == "timeout" and err.text == "Timed out"
+    assert "no complete answer within 1 s" in result.find("span", class_="ping-detail").text
 
 
 @pytest.mark.parametrize("app_config", [{"ALLOWED_TARGETS": "127.0.0.1/32,no-such-host.invalid"}])
@@ -495,6 +501,7 @@ def test_http_error_status_shows_code_and_escaped_excerpt(app, admin, receiver):
     body = admin.get(parse(r.data).by_id(f"ping-{cb.id}").attrs["hx-get"], headers=HX).get_data(as_text=True)
     box = parse(body).by_id(f"ping-{cb.id}")
     assert box.find("strong", class_="ping-code").text == "500" and "ping-fail" in box.classes
+    assert box.find("span", class_="ping-phrase").text == "Internal Server Error"
     assert "Internal &lt;b&gt;error&lt;/b&gt;\\x00\\xff" in body
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import timedelta
+from http import HTTPStatus
 from pathlib import Path
 
 from flask import (
@@ -18,6 +20,7 @@ from flask import (
     request,
     url_for,
 )
+from markupsafe import Markup, escape
 from sqlalchemy import select
 
 from .. import dispatch, htmx
@@ -133,7 +136,7 @@ def _after_action(message: str):  # type: ignore[no-untyped-def]
         response = _render_panel()
         return htmx.trigger(response, json.dumps({"cbdash:notice": message}))
     flash(message, "success")
-    return redirect(callbacks_url(), code=303)
+    return htmx.add_vary(redirect(callbacks_url(), code=303))
 
 
 def _back_url() -> str | None:
@@ -282,9 +285,10 @@ def ping(callback_id: int):  # type: ignore[no-untyped-def]
     cb = _get(callback_id)
     d = _ping_once(cb)
     if htmx.is_htmx():
-        return render_template("callbacks/_ping_result.html", d=d, cb=cb, polls=0, max_polls=_max_polls(cb))
+        html = render_template("callbacks/_ping_result.html", d=d, cb=cb, polls=0, max_polls=_max_polls(cb))
+        return htmx.add_vary(make_response(html))
     flash("Test ping sent. The result appears below when the receiver answers.", "success")
-    return redirect(url_for("callbacks.detail", callback_id=cb.id, ping=d.id), code=303)
+    return htmx.add_vary(redirect(url_for("callbacks.detail", callback_id=cb.id, ping=d.id), code=303))
 
 
 @bp.get("/<int:callback_id>/ping/<int:delivery_id>")
@@ -308,6 +312,49 @@ PING_POLL_SECONDS = 0.7
 
 def _max_polls(cb: Callback) -> int:
     return int((cb.timeout + 20) / PING_POLL_SECONDS)
+
+
+@bp.app_template_filter("breakable")
+def breakable(text: str) -> Markup:
+    """Escaped text with line-break opportunities after URL separators, so narrow screens
+    wrap a URL at ``/``, ``?``, ``&`` or ``.`` instead of in the middle of a word."""
+    parts = re.split(r"(?<=[/?&.=])", text or "")
+    return Markup("<wbr>").join(escape(part) for part in parts)
+
+
+@bp.app_template_filter("http_phrase")
+def http_phrase(code: int | None) -> str:
+    """The reason phrase of a status code ("Internal Server Error"), or "" for unknown codes."""
+    try:
+        return HTTPStatus(int(code or 0)).phrase
+    except ValueError:
+        return ""
+
+
+# Short explanations of what went wrong, for the row; the transport's full message is kept
+# for the title attribute and the delivery log.
+_HINTS = [
+    ("connection refused", "connection refused: nothing listens on that host and port"),
+    ("connection reset", "the receiver reset the connection"),
+    ("network is unreachable", "network unreachable"),
+    ("no route to host", "no route to host"),
+    ("certificate", "the TLS certificate was not accepted"),
+]
+
+
+@bp.app_template_filter("error_hint")
+def error_hint(attempt) -> str:  # type: ignore[no-untyped-def]
+    """A one-line reason for a failed attempt (e.g. "connection refused: …")."""
+    message = (attempt.error_message or "").lower()
+    for needle, hint in _HINTS:
+        if needle in message:
+            return hint
+    if attempt.error_class == ErrorClass.TIMEOUT:
+        return f"no complete answer within {attempt.delivery.callback.timeout} s"
+    if attempt.error_class == ErrorClass.DNS:
+        return "the host name could not be resolved"
+    text = attempt.error_message or ""
+    return text if len(text) <= 120 else text[:117] + "…"
 
 
 @bp.app_template_filter("error_label")
