@@ -370,3 +370,18 @@ def test_redis_down_does_not_lose_the_message(app, client, monkeypatch):
     response.close()  # runs the enqueue, which fails quietly
     d = db.session.scalar(select(Delivery))
     assert d.status == "pending" and d.enqueued_at is None  # the reconciler picks it up
+
+
+def test_old_messages_are_pruned_in_batches(client):
+    from datetime import timedelta
+
+    source = make_source()
+    for i in range(5):
+        client.post("/hooks/pay", data=BODY, headers=signed(BODY, f"p{i}"))
+    old = list(db.session.scalars(select(InboundMessage).order_by(InboundMessage.id)))[:3]
+    for m in old:
+        m.received_at = inbound.utcnow() - timedelta(days=40)
+    db.session.commit()
+    assert inbound.prune_messages(timedelta(days=30), batch=2) == 3
+    assert count(InboundMessage) == 2
+    assert inbound.outcome_counts([source.id])[source.id]["accepted"] == 2

@@ -1098,3 +1098,26 @@ def messages(
         )
     )
     return rows, page, pages
+
+
+def prune_messages(age: timedelta, batch: int = 2000) -> int:
+    """Delete inbound messages older than ``age`` in small batches; returns how many.
+
+    Meant for the retention job next to attempts and payloads (the events of accepted
+    messages are pruned there, with their deliveries).
+    """
+    from sqlalchemy import delete
+
+    cutoff = utcnow() - age
+    total = 0
+    while True:
+        ids = list(
+            db.session.scalars(
+                select(InboundMessage.id).where(InboundMessage.received_at < cutoff).limit(batch)
+            )
+        )
+        if not ids:
+            return total
+        db.session.execute(delete(InboundMessage).where(InboundMessage.id.in_(ids)))
+        db.session.commit()
+        total += len(ids)
