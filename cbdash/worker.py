@@ -12,7 +12,9 @@ Recovery bounds, with the defaults (all read from the app config):
   worker at most ~32 s after the last renewal;
 - the rest of a killed worker's batch, or a job Redis lost: re-enqueued once
   ``RECONCILE_REQUEUE_AFTER`` (60 s) has passed since it was queued and the
-  queue no longer holds anything older;
+  queue no longer holds anything older (a live worker marks the rest of its
+  batch as freshly queued at every lease renewal, so keep this setting well
+  above ``CLAIM_LEASE`` / 3);
 - Redis flushed or restarted empty: noticed on the next reconciler pass (a
   marker key disappears) and every open delivery is queued or scheduled again;
 - a dead worker's scheduler: the scheduler process exits when its worker dies

@@ -179,6 +179,7 @@ def test_job_timeout_is_derived_from_the_callback_timeout(app, receiver):
     assert get_queue().fetch_job(job_id).timeout > 30
 
 
+@pytest.mark.slow
 class TestMaxTimeout:
     @pytest.fixture
     def app_config(self) -> dict:

@@ -251,9 +251,10 @@ def test_flushed_redis_with_queued_deliveries_is_refilled_from_the_database(app,
     assert wait_until(lambda: get_redis(app).get(jobs.EPOCH_KEY), 5)
     suspend(get_redis(app))  # workers stop taking jobs; the queue fills up
     ids = [i for _ in range(20) for i in trigger()]
-    assert get_queue().count == 20
     time.sleep(0.5)
-    assert statuses(ids) == {"pending": 20}
+    # A worker already waiting on the queue may take one job before it sees the suspension.
+    assert get_queue().count >= 19
+    assert statuses(ids).get("pending", 0) >= 19
     get_redis(app).flushdb()  # Redis loses every queued job (and the suspension)
     t0 = time.monotonic()
     assert wait_until(lambda: statuses(ids) == {"succeeded": 20}, 15), (statuses(ids), workers.logs())
