@@ -20,8 +20,10 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from sqlalchemy import select
+from sqlalchemy.exc import DataError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import IntegerConverter
 
 from . import formatting, htmx
 from .extensions import db, login_manager
@@ -71,6 +73,8 @@ def _login_required() -> Response | None:
     endpoint = request.endpoint or ""
     if endpoint in PUBLIC_ENDPOINTS or endpoint.startswith("api."):
         return None
+    if not endpoint and request.path.startswith("/api/"):
+        return None  # an unmatched API URL: its 404/405 is JSON, never a login redirect
     if current_user.is_authenticated:
         return None
     return _to_login()
@@ -192,6 +196,38 @@ def _on_http_error(exc: HTTPException) -> Response | tuple[str, int]:
     return render_template("error.html", code=code, title=exc.name, message=exc.description), code
 
 
+class BoundedInt(IntegerConverter):
+    """``<int:...>`` in routes, capped at a 64-bit id: a larger number is a 404, not a database error."""
+
+    def __init__(self, map, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        kwargs.setdefault("max", 2**63 - 1)
+        super().__init__(map, *args, **kwargs)
+
+
+# Bad input that only shows up deep in a library: the request was wrong, not the server.
+BAD_INPUT = {
+    OverflowError: ("out_of_range", "A number in the request is too large."),
+    DataError: ("out_of_range", "A value in the request is out of range or too long."),
+    RecursionError: ("too_deep", "The request's JSON is nested too deeply."),
+    UnicodeEncodeError: ("invalid_text", "The request contains text that is not valid Unicode."),
+}
+
+
+def _on_bad_input(exc: Exception) -> Response | tuple[str, int]:
+    db.session.rollback()
+    code, message = next(v for k, v in BAD_INPUT.items() if isinstance(exc, k))
+    import logging
+
+    logging.getLogger("cbdash").warning("bad input on %s: %s", request.path, type(exc).__name__)
+    if _wants_json():
+        return _json_error(400, code, message)
+    if htmx.is_htmx():
+        response = Response(message, status=400)
+        response.headers["HX-Reswap"] = "none"
+        return htmx.trigger(response, json.dumps({"cbdash:error": message}))
+    return render_template("error.html", code=400, title="Bad request", message=message), 400
+
+
 def _on_unexpected(exc: Exception) -> Response | tuple[str, int]:
     if isinstance(exc, HTTPException):
         return _on_http_error(exc)
@@ -221,6 +257,7 @@ def init_app(app: Flask) -> None:
     # First of all before_request hooks, ahead of the CSRF check that reads the session.
     app.before_request_funcs.setdefault(None, []).insert(0, _fresh_globals)
     app.session_interface = SessionInterface()
+    app.url_map.converters["int"] = BoundedInt  # before any blueprint adds its routes
     # Flask's defaults include SESSION_COOKIE_SAMESITE=None, so setdefault cannot set it.
     for name in ("SESSION_COOKIE_SAMESITE", "REMEMBER_COOKIE_SAMESITE"):
         if not app.config.get(name):
@@ -238,6 +275,8 @@ def init_app(app: Flask) -> None:
     app.before_request(_login_required)
     app.after_request(_security_headers)
     app.register_error_handler(CSRFError, _on_csrf_error)
+    for kind in BAD_INPUT:
+        app.register_error_handler(kind, _on_bad_input)
     app.register_error_handler(HTTPException, _on_http_error)
     app.register_error_handler(Exception, _on_unexpected)
 

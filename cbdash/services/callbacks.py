@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import false, func, or_, select
 
 from ..constants import INACTIVE_MANUAL, Tab
 from ..extensions import db
@@ -242,6 +242,34 @@ def counts() -> dict[str, int]:
     }
 
 
+def _url_matches(like: str, q: str) -> Any:
+    """Ids whose URL *as displayed* contains ``q``.
+
+    Searching the raw URL would let anyone who can search find out credentials and
+    query-string tokens one character at a time, so URLs that can carry them
+    (``@`` or ``?``) are matched in their masked form.
+    """
+    from ..formatting import mask_url
+
+    plain = ~Callback.url.contains("@") & ~Callback.url.contains("?")
+    needle = q.lower()
+    masked_hits = [
+        cb_id
+        for cb_id, url in db.session.execute(
+            select(Callback.id, Callback.url).where(
+                Callback.deleted_at.is_(None), ~plain, Callback.url.ilike(like, escape="\\")
+            )
+        )
+        if needle in mask_url(url).lower()
+    ]
+    return select(Callback.id).where(
+        or_(
+            plain & Callback.url.ilike(like, escape="\\"),
+            Callback.id.in_(masked_hits) if masked_hits else false(),
+        )
+    )
+
+
 def listing(tab: str, q: str = "", sort: str = "newest", page: int = 1, per_page: int = 25) -> Page:
     """One page of callbacks for a tab, search and sort."""
     stmt = live()
@@ -252,7 +280,10 @@ def listing(tab: str, q: str = "", sort: str = "newest", page: int = 1, per_page
     if q:
         like = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         stmt = stmt.where(
-            or_(Callback.definition.ilike(like, escape="\\"), Callback.url.ilike(like, escape="\\"))
+            or_(
+                Callback.definition.ilike(like, escape="\\"),
+                Callback.id.in_(_url_matches(like, q)),
+            )
         )
     total = db.session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
     pages = max(1, -(-total // per_page))

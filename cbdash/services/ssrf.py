@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -153,6 +154,9 @@ def split_url(url: str) -> tuple[str, str, int]:
         raise TargetError("The URL is longer than 2048 characters.", invalid)
     if any(ord(c) < 33 or ord(c) == 127 for c in url):
         raise TargetError("The URL contains spaces or control characters.", invalid)
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zs", "Zl", "Zp", "Cs") for c in url):
+        # Invisible and bidi-override characters make a URL read differently than it is.
+        raise TargetError("The URL contains invisible or direction-changing characters.", invalid)
     if "\\" in url:
         # Parsers disagree about backslashes (http://a\\@b/ is host a for some, b for
         # others); refuse them so the host we check is the host every parser sees.

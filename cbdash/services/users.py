@@ -12,7 +12,9 @@ from ..constants import Role
 from ..extensions import db
 from ..models import User
 
-EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{1,60}$")
+# Deliberately plain: one @, a dot in the domain, no spaces, quotes, brackets or commas.
+_EMAIL_PART = r"[^@\s<>()\[\]\\,;:\"']"
+EMAIL_RE = re.compile(rf"^{_EMAIL_PART}{{1,64}}@{_EMAIL_PART}{{1,189}}\.{_EMAIL_PART}{{1,60}}\Z")
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
 

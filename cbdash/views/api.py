@@ -52,6 +52,17 @@ def _need(permission: str) -> None:
         raise ApiError(403, "forbidden", f"This token's role ({g.api_token.role}) cannot do that.")
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 def _json_body(allow_empty: bool = False) -> dict[str, Any]:
     limit = settings.current().payload_limit
     if request.content_length is not None and request.content_length > limit:
@@ -64,9 +75,13 @@ def _json_body(allow_empty: bool = False) -> dict[str, Any]:
             return {}
         raise ApiError(400, "invalid_json", "Send a JSON object in the request body.")
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        # NaN, Infinity and 1e400 are not JSON: receivers could not parse what we would send.
+        data = json.loads(raw, parse_constant=_not_json, parse_float=_finite)
+        json.dumps(data, ensure_ascii=False).encode("utf-8")  # lone surrogates (\ud800) cannot be sent either
+    except (ValueError, UnicodeError) as exc:
         raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc}.") from exc
+    except RecursionError as exc:
+        raise ApiError(400, "invalid_json", "The body's JSON is nested too deeply.") from exc
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "The body must be a JSON object.")
     return data
