@@ -45,6 +45,11 @@ BLOCKED_ADDRESSES = [
     "http://240.0.0.1/",
     "http://[::]/",
     "http://[2002:7f00:1::]/",
+    "http://[2001::7f00:1]/",
+    "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",
+    "http://[::ffff:0:127.0.0.1]/",
+    "http://[0:0:0:0:0:ffff:127.0.0.1]/",
+    "http://0x7f000001/",
     "http://[fec0::1]/",
     "http://100.100.100.200/",
     "http://foo.localhost/",
@@ -124,6 +129,23 @@ def test_a_name_resolving_to_public_addresses_is_accepted() -> None:
     ssrf.check_target(
         "https://hooks.partner.example/x", EMPTY, resolver=resolves_to("93.184.216.34", "2606:2800::1")
     )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://8.8.8.8/",
+        "http://134744072/",  # 8.8.8.8 as one number
+        "https://[2606:4700::1111]/",
+        "https://[::ffff:8.8.8.8]/",
+        "https://[64:ff9b::808:808]/",
+        "https://[2002:808:808::1]/",
+        "https://hooks.example.com:8443/path?x=1",
+    ],
+)
+def test_public_addresses_are_accepted_in_every_spelling(url: str) -> None:
+    # The guard must not turn into "refuse everything unusual".
+    ssrf.check_target(url, EMPTY, resolver=resolves_to("93.184.216.34"))
 
 
 def test_a_name_that_does_not_resolve_yet_is_accepted_on_save() -> None:

@@ -96,8 +96,6 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
         return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     if ip.sixtofour:
         return ip.sixtofour
-    if ip.teredo:
-        return ip.teredo[1]
     # IPv4-compatible (deprecated) ::a.b.c.d
     if int(ip) >> 32 == 0 and int(ip) > 1:
         return ipaddress.IPv4Address(int(ip))
@@ -109,6 +107,9 @@ def address_blocked(ip: IPAddress) -> str | None:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.scope_id:
             return "a scoped IPv6 address"
+        if ip.teredo:
+            # A tunnel through a relay to an address we cannot see: never a webhook receiver.
+            return "a Teredo tunnel address"
         inner = _embedded_ipv4(ip)
         if inner is not None:
             reason = address_blocked(inner)
