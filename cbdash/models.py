@@ -71,6 +71,10 @@ class Callback(db.Model):
     __table_args__ = (
         Index("ix_callbacks_active_created", "active", "created_at"),
         Index("ix_callbacks_definition_active", "definition", "active"),
+        # Monitoring lists callbacks failing-first, most recently called next.
+        Index("ix_callbacks_attention", "consecutive_failures", "last_attempt_at"),
+        # Tab counts and totals (not deleted, by status) read this index alone.
+        Index("ix_callbacks_deleted_active", "deleted_at", "active"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -152,6 +156,9 @@ class Delivery(db.Model):
         Index("ix_deliveries_status_next", "status", "next_attempt_at"),
         Index("ix_deliveries_callback_created", "callback_id", "created_at"),
         Index("ix_deliveries_created", "created_at"),
+        # The delivery log filters by status or kind and pages newest first by (created_at, id).
+        Index("ix_deliveries_status_created", "status", "created_at", "id"),
+        Index("ix_deliveries_kind_created", "kind", "created_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -350,3 +357,6 @@ class LatencyRollup(db.Model):
     bucket: Mapped[datetime]
     le_index: Mapped[int]  # index into services.monitoring.LATENCY_BOUNDS_MS
     count: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Fastest and slowest attempt in this bucket: percentiles interpolate between them.
+    min_ms: Mapped[float | None]
+    max_ms: Mapped[float | None]

@@ -160,6 +160,10 @@ def test_monitoring_figures_match_the_database(app, admin, auth, receivers):
             exact,
         )
     api = admin.get("/api/v1/stats?window=1h", headers=auth).get_json()
+    for q, name in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
+        # Interpolated between the fastest and slowest attempt of the right bucket: never outside it.
+        exact = exact_percentile(t["durations"], q)
+        assert monitoring.latency_index(api["latency_ms"][name]) == monitoring.latency_index(exact), name
     assert api["attempts"]["total"] == t["attempts"] and api["attempts"]["succeeded"] == t["ok"]
     assert api["deliveries"] == {
         "finished": t["succeeded"] + t["failed"],
@@ -346,15 +350,24 @@ def test_chart_geometry_stacks_failed_on_succeeded_within_the_plot():
     assert chart.y_ticks[0][1] == "0" and chart.y_ticks[-1][1] == "10"
 
 
-def test_percentiles_from_a_histogram_are_within_one_bucket():
+def test_percentiles_from_a_histogram_stay_in_the_right_bucket_and_hit_the_extremes():
     hist: dict[int, int] = {}
+    extremes: dict[int, tuple[float, float]] = {}
     values = [1.0 + i * 3.7 for i in range(400)] + [4900.0] * 5
     for v in values:
-        hist[monitoring.latency_index(v)] = hist.get(monitoring.latency_index(v), 0) + 1
-    for q in (0.5, 0.95, 0.99):
-        est = monitoring.histogram_percentile(hist, q)
+        i = monitoring.latency_index(v)
+        hist[i] = hist.get(i, 0) + 1
+        low, high = extremes.get(i, (v, v))
+        extremes[i] = (min(low, v), max(high, v))
+    for q in (0.25, 0.5, 0.9, 0.95, 0.99):
         exact = exact_percentile(values, q)
-        assert abs(monitoring.latency_index(est) - monitoring.latency_index(exact)) <= 1
+        rough = monitoring.histogram_percentile(hist, q)
+        close = monitoring.histogram_percentile(hist, q, extremes)
+        assert monitoring.latency_index(close) == monitoring.latency_index(exact), q
+        assert abs(monitoring.latency_index(rough) - monitoring.latency_index(exact)) <= 1, q
+    assert monitoring.histogram_percentile(hist, 1.0, extremes) == 4900.0  # the slowest, exactly
+    assert monitoring.histogram_percentile(hist, 0.0001, extremes) == 1.0  # the fastest, exactly
+    assert monitoring.histogram_percentile({3: 1}, 0.5, {3: (1.7, 1.7)}) == 1.7  # one value: itself
     assert monitoring.histogram_percentile({}, 0.5) is None
     assert monitoring.failure_reason(503, "http_status") == "5xx"
     assert monitoring.failure_reason(None, "timeout") == "timeout"

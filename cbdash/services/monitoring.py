@@ -20,6 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Table, case, delete, event, func, inspect, select, update
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
 from ..constants import AUTO_DISABLED_PREFIX, OPEN_STATUSES, DeliveryStatus, ErrorClass, Health
@@ -121,30 +122,98 @@ def _scopes(callback_id: int | None, at: datetime, per_callback_total: bool = Tr
     return keys
 
 
+_UPSERTS: dict[tuple[str, ...], Any] = {}
+# Columns merged by keeping the smaller/larger value rather than adding, per table: the
+# fastest and slowest attempt in each latency bucket, which make percentiles near exact.
+_EXTREMES: dict[str, tuple[tuple[str, str], ...]] = {
+    "latency_rollups": (("min_ms", "min"), ("max_ms", "max"))
+}
+
+
+def _extreme(dialect: str, kind: str, current: Any, new: Any) -> Any:
+    if dialect == "postgresql":
+        return (func.least if kind == "min" else func.greatest)(current, new)  # both skip NULLs
+    # SQLite's two-argument min()/max() are scalar (and NULL if either side is).
+    return (func.min if kind == "min" else func.max)(func.coalesce(current, new), new)
+
+
 def _upsert(
     conn: Connection, table: Table, key: Sequence[str], rows: list[dict[str, Any]], increments: Sequence[str]
 ) -> None:
-    """Add ``increments`` to existing rows (by ``key``) or insert them, in one statement."""
+    """Add ``increments`` to existing rows (by ``key``) or insert them."""
     dialect = conn.dialect.name
     if dialect in ("sqlite", "postgresql"):
-        if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
-        stmt = insert(table).values(rows)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(key),
-            set_={c: table.c[c] + getattr(stmt.excluded, c) for c in increments},
-        )
-        conn.execute(stmt)
+        cache_key = (dialect, table.name, *key, "|", *increments)
+        stmt = _UPSERTS.get(cache_key)
+        if stmt is None:
+            if dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert
+            else:
+                from sqlalchemy.dialects.postgresql import insert
+            stmt = insert(table)
+            assignments: dict[str, Any] = {c: table.c[c] + getattr(stmt.excluded, c) for c in increments}
+            for column, kind in _EXTREMES.get(table.name, ()):
+                assignments[column] = _extreme(dialect, kind, table.c[column], getattr(stmt.excluded, column))
+            stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=assignments)
+            _UPSERTS[cache_key] = stmt
+        # One compiled statement run per row (executemany), in key order so concurrent
+        # workers lock rows in the same order; a multi-row VALUES would be compiled
+        # afresh on every call, which cost more than the delivery itself.
+        conn.execute(stmt, sorted(rows, key=lambda r: tuple(r[k] for k in key)))
         return
     for row in rows:  # other databases: update, else insert (not concurrency-safe)
         where = [table.c[k] == row[k] for k in key]
-        result = conn.execute(
-            update(table).where(*where).values({c: table.c[c] + row[c] for c in increments})
-        )
+        values: dict[str, Any] = {c: table.c[c] + row[c] for c in increments}
+        for column, kind in _EXTREMES.get(table.name, ()):
+            keep = table.c[column] < row[column] if kind == "min" else table.c[column] > row[column]
+            values[column] = case((keep, table.c[column]), else_=row[column])
+        result = conn.execute(update(table).where(*where).values(values))
         if result.rowcount == 0:
             conn.execute(table.insert().values(row))
+
+
+# Counts from the ORM hooks below are summed per flush and written once, after it:
+# a batch of 20 attempts costs a few upserts instead of a dozen per attempt.
+_PENDING = "cbdash_pending_rollups"
+
+
+def _defer(
+    session: Session, table: Table, key: Sequence[str], rows: list[dict[str, Any]], increments: Sequence[str]
+) -> None:
+    pending = session.info.setdefault(_PENDING, {})
+    group = pending.setdefault((table.name, tuple(key), tuple(increments)), {})
+    for row in rows:
+        row_key = tuple(row[k] for k in key)
+        have = group.get(row_key)
+        if have is None:
+            group[row_key] = dict(row)
+        else:
+            for c in increments:
+                have[c] += row[c]
+            for column, kind in _EXTREMES.get(table.name, ()):
+                have[column] = (min if kind == "min" else max)(have[column], row[column])
+
+
+def _writer(conn: Connection, session: Session | None):  # type: ignore[no-untyped-def]
+    if session is None:
+        return lambda table, key, rows, increments: _upsert(conn, table, key, rows, increments)
+    return lambda table, key, rows, increments: _defer(session, table, key, rows, increments)
+
+
+@event.listens_for(Session, "after_flush")
+def _write_deferred(session: Session, _context: Any) -> None:
+    pending = session.info.pop(_PENDING, None)
+    if not pending:
+        return
+    tables = {t.name: t for t in (StatsRollup.__table__, LatencyRollup.__table__)}
+    conn = session.connection()
+    for (name, key, increments), group in sorted(pending.items()):
+        _upsert(conn, tables[name], key, list(group.values()), increments)  # type: ignore[arg-type]
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_deferred(session: Session, _previous: Any) -> None:
+    session.info.pop(_PENDING, None)
 
 
 _STATS_KEY = ("resolution", "callback_id", "bucket")
@@ -168,34 +237,52 @@ def count_attempt(
     duration_ms: float,
     status_code: int | None,
     error_class: str | None,
+    session: Session | None = None,
 ) -> None:
-    """Count one attempt in its rollups, on the connection (and so in the transaction) recording it."""
+    """Count one attempt in its rollups, in the transaction recording it (once per flush with a session)."""
+    put = _writer(conn, session)
     inc = attempt_increments(status_code, error_class, duration_ms)
     rows = [
         {"resolution": r, "callback_id": c, "bucket": b, **inc}
         for r, c, b in _scopes(callback_id, started_at)
     ]
-    _upsert(conn, StatsRollup.__table__, _STATS_KEY, rows, COUNT_COLUMNS)  # type: ignore[arg-type]
+    put(StatsRollup.__table__, _STATS_KEY, rows, COUNT_COLUMNS)
     le = latency_index(duration_ms)
     # No per-callback all-time histogram: /metrics exposes latency for all callbacks only.
+    ms = float(duration_ms or 0.0)
     lat_rows = [
-        {"resolution": r, "callback_id": c, "bucket": b, "le_index": le, "count": 1}
+        {
+            "resolution": r,
+            "callback_id": c,
+            "bucket": b,
+            "le_index": le,
+            "count": 1,
+            "min_ms": ms,
+            "max_ms": ms,
+        }
         for r, c, b in _scopes(callback_id, started_at, per_callback_total=False)
     ]
-    _upsert(conn, LatencyRollup.__table__, _LATENCY_KEY, lat_rows, ("count",))  # type: ignore[arg-type]
+    put(LatencyRollup.__table__, _LATENCY_KEY, lat_rows, ("count",))
 
 
-def count_outcome(conn: Connection, callback_id: int | None, finished_at: datetime, status: str) -> None:
+def count_outcome(
+    conn: Connection,
+    callback_id: int | None,
+    finished_at: datetime,
+    status: str,
+    session: Session | None = None,
+) -> None:
     """Count a delivery reaching succeeded or failed, in the transaction that decides it."""
     if status not in (DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED):
         return
+    put = _writer(conn, session)
     inc: dict[str, Any] = dict.fromkeys(COUNT_COLUMNS, 0)
     inc["deliveries_succeeded" if status == DeliveryStatus.SUCCEEDED else "deliveries_failed"] = 1
     rows = [
         {"resolution": r, "callback_id": c, "bucket": b, **inc}
         for r, c, b in _scopes(callback_id, finished_at)
     ]
-    _upsert(conn, StatsRollup.__table__, _STATS_KEY, rows, COUNT_COLUMNS)  # type: ignore[arg-type]
+    put(StatsRollup.__table__, _STATS_KEY, rows, COUNT_COLUMNS)
 
 
 # Counting hooks on the ORM flush: every path that writes an attempt or settles a delivery
@@ -211,13 +298,16 @@ def _attempt_inserted(_mapper: Any, conn: Connection, target: Attempt) -> None:
         target.duration_ms or 0.0,
         target.status_code,
         target.error_class,
+        session=inspect(target).session,
     )
 
 
 @event.listens_for(Delivery, "after_insert")
 def _delivery_inserted(_mapper: Any, conn: Connection, target: Delivery) -> None:
     if target.status in (DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED):
-        count_outcome(conn, target.callback_id, target.finished_at or utcnow(), target.status)
+        count_outcome(
+            conn, target.callback_id, target.finished_at or utcnow(), target.status, inspect(target).session
+        )
 
 
 @event.listens_for(Delivery, "after_update")
@@ -225,7 +315,9 @@ def _delivery_updated(_mapper: Any, conn: Connection, target: Delivery) -> None:
     history = inspect(target).attrs.status.history
     if not history.added or history.deleted == history.added:
         return
-    count_outcome(conn, target.callback_id, target.finished_at or utcnow(), target.status)
+    count_outcome(
+        conn, target.callback_id, target.finished_at or utcnow(), target.status, inspect(target).session
+    )
 
 
 def _callback_id_of(conn: Connection, attempt: Attempt) -> int | None:
@@ -306,6 +398,8 @@ class Stats:
     deliveries_succeeded: int = 0
     deliveries_failed: int = 0
     histogram: dict[int, int] = field(default_factory=dict)
+    # Fastest and slowest attempt seen in each histogram bucket (when known).
+    extremes: dict[int, tuple[float, float]] = field(default_factory=dict)
 
     def add_counts(self, row: Any) -> None:
         values = dict(zip(COUNT_COLUMNS, row, strict=True))
@@ -344,7 +438,7 @@ class Stats:
         return self.duration_ms_sum / self.attempts if self.attempts else None
 
     def percentile(self, q: float) -> float | None:
-        return histogram_percentile(self.histogram, q)
+        return histogram_percentile(self.histogram, q, self.extremes)
 
     @property
     def p50(self) -> float | None:
@@ -388,23 +482,35 @@ class Stats:
         }
 
 
-def histogram_percentile(histogram: dict[int, int], q: float) -> float | None:
-    """Estimate the q-quantile (0..1) from bucket counts, interpolating inside the bucket."""
+def histogram_percentile(
+    histogram: dict[int, int], q: float, extremes: dict[int, tuple[float, float]] | None = None
+) -> float | None:
+    """Estimate the q-quantile (0..1, nearest rank) from bucket counts.
+
+    Inside the bucket holding that rank the value is interpolated between the fastest
+    and slowest attempt recorded there (or the bucket's bounds when unknown), so it is
+    exact at the extremes and for a bucket of one, and never outside the bucket.
+    """
     total = sum(histogram.values())
     if total <= 0:
         return None
-    rank = q * total
+    rank = max(1, math.ceil(q * total - 1e-9))
     seen = 0
     for index in sorted(histogram):
         count = histogram[index]
         if count <= 0:
             continue
         if seen + count >= rank:
+            position = rank - seen  # 1..count
+            known = (extremes or {}).get(index)
+            if known is not None and known[0] is not None and known[1] is not None:
+                low, high = known
+                return low if count == 1 else low + (high - low) * (position - 1) / (count - 1)
             if index >= len(LATENCY_BOUNDS_MS):
                 return LATENCY_BOUNDS_MS[-1]
             lower = LATENCY_BOUNDS_MS[index - 1] if index > 0 else 0.0
             upper = LATENCY_BOUNDS_MS[index]
-            return lower + (upper - lower) * max(rank - seen, 0.0) / count
+            return lower + (upper - lower) * (position - 0.5) / count
         seen += count
     return LATENCY_BOUNDS_MS[-1]
 
@@ -432,13 +538,22 @@ def stats_for(w: Window, callback_ids: Iterable[int]) -> dict[int, Stats]:
         for row in rows:
             result[row[0]].add_counts(row[1:])
         lat = db.session.execute(
-            select(LatencyRollup.callback_id, LatencyRollup.le_index, func.sum(LatencyRollup.count))
+            select(
+                LatencyRollup.callback_id,
+                LatencyRollup.le_index,
+                func.sum(LatencyRollup.count),
+                func.min(LatencyRollup.min_ms),
+                func.max(LatencyRollup.max_ms),
+            )
             .where(LatencyRollup.callback_id.in_(ids), *_where(LatencyRollup, res, lo, hi))
             .group_by(LatencyRollup.callback_id, LatencyRollup.le_index)
         )
-        for cid, le, count in lat:
-            hist = result[cid].histogram
-            hist[le] = hist.get(le, 0) + int(count or 0)
+        for cid, le, count, low, high in lat:
+            stats = result[cid]
+            stats.histogram[le] = stats.histogram.get(le, 0) + int(count or 0)
+            if low is not None and high is not None:
+                seen = stats.extremes.get(le)
+                stats.extremes[le] = (low, high) if seen is None else (min(seen[0], low), max(seen[1], high))
     return result
 
 
@@ -492,19 +607,35 @@ def open_deliveries() -> dict[str, int]:
 
 
 def health_counts(failing_after: int) -> dict[str, int]:
-    """Callbacks (not deleted) by health: healthy, failing, auto-disabled, inactive."""
-    inactive = Callback.active.is_(False)
-    row = db.session.execute(
-        select(
-            func.count(),
-            func.sum(case((~inactive & (Callback.consecutive_failures >= failing_after), 1), else_=0)),
-            func.sum(
-                case((inactive & Callback.inactive_reason.startswith(AUTO_DISABLED_PREFIX), 1), else_=0)
-            ),
-            func.sum(case((inactive, 1), else_=0)),
-        ).where(Callback.deleted_at.is_(None))
-    ).one()
-    total, failing, disabled, inactive = (int(v or 0) for v in row)
+    """Callbacks (not deleted) by health: healthy, failing, auto-disabled, inactive.
+
+    Narrow counts that each read an index (ix_callbacks_deleted_active, ix_callbacks_attention)
+    rather than one pass over every callback row.
+    """
+    alive = Callback.deleted_at.is_(None)
+    by_status = dict(
+        db.session.execute(select(Callback.active, func.count()).where(alive).group_by(Callback.active)).all()
+    )
+    total = sum(by_status.values())
+    inactive = by_status.get(False, 0)
+    # Only the range on consecutive_failures in WHERE, so the (small) range of
+    # ix_callbacks_attention is read rather than every active callback.
+    failing = (
+        db.session.scalar(
+            select(func.sum(case((Callback.active.is_(True) & alive, 1), else_=0))).where(
+                Callback.consecutive_failures >= failing_after
+            )
+        )
+        or 0
+    )
+    disabled = (
+        db.session.scalar(
+            select(func.count()).where(
+                Callback.active.is_(False), alive, Callback.inactive_reason.startswith(AUTO_DISABLED_PREFIX)
+            )
+        )
+        or 0
+    )
     return {
         "total": total,
         "healthy": total - inactive - failing,
@@ -547,7 +678,11 @@ def callback_table(w: Window, page: int, per_page: int, failing_after: int) -> C
         db.session.scalars(
             base.order_by(
                 Callback.consecutive_failures.desc(),
-                Callback.last_attempt_at.desc().nulls_last(),
+                # SQLite puts NULLs last when descending (and then walks ix_callbacks_attention);
+                # PostgreSQL needs telling.
+                Callback.last_attempt_at.desc().nulls_last()
+                if db.session.get_bind().dialect.name == "postgresql"
+                else Callback.last_attempt_at.desc(),
                 Callback.id.desc(),
             )
             .limit(per_page)
@@ -809,7 +944,7 @@ class RollupBuilder:
         # Minute rows older than this are skipped: prune_rollups would drop them anyway.
         self.keep_minutes_since = keep_minutes_since
         self.stats: dict[tuple, dict[str, Any]] = {}
-        self.latency: dict[tuple, int] = {}
+        self.latency: dict[tuple, list[float]] = {}  # key -> [count, min_ms, max_ms]
 
     def _keys(self, callback_id: int | None, at: datetime, per_callback_total: bool = True) -> list[tuple]:
         keys = _scopes(callback_id, at, per_callback_total)
@@ -839,8 +974,15 @@ class RollupBuilder:
             self._keys(callback_id, started_at), attempt_increments(status_code, error_class, duration_ms)
         )
         le = latency_index(duration_ms)
+        ms = float(duration_ms or 0.0)
         for r, c, b in self._keys(callback_id, started_at, per_callback_total=False):
-            self.latency[(r, c, b, le)] = self.latency.get((r, c, b, le), 0) + 1
+            cell = self.latency.get((r, c, b, le))
+            if cell is None:
+                self.latency[(r, c, b, le)] = [1, ms, ms]
+            else:
+                cell[0] += 1
+                cell[1] = min(cell[1], ms)
+                cell[2] = max(cell[2], ms)
 
     def outcome(self, callback_id: int | None, finished_at: datetime, status: str) -> None:
         if status not in (DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED):
@@ -853,8 +995,16 @@ class RollupBuilder:
         """The accumulated stats rows and latency rows, as insert parameters."""
         stats = [{"resolution": r, "callback_id": c, "bucket": b, **v} for (r, c, b), v in self.stats.items()]
         latency = [
-            {"resolution": r, "callback_id": c, "bucket": b, "le_index": le, "count": n}
-            for (r, c, b, le), n in self.latency.items()
+            {
+                "resolution": r,
+                "callback_id": c,
+                "bucket": b,
+                "le_index": le,
+                "count": int(n),
+                "min_ms": lo,
+                "max_ms": hi,
+            }
+            for (r, c, b, le), (n, lo, hi) in self.latency.items()
         ]
         return stats, latency
 
