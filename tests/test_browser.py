@@ -129,12 +129,15 @@ def test_tabs_history_and_test_ping_in_a_real_browser(app, live_server, browser,
     page.goto(live_server + "/settings/callbacks")
     row = page.locator(f"#callback-{live.id}")
     row.locator("button:has-text('Send test ping')").dblclick()
-    row.locator(".ping-sending").wait_for()
-    assert "sending…" in row.locator(f"#ping-{live.id}").inner_text()
+    box = page.locator(f"#ping-{live.id}")
+    page.locator(f"#ping-{live.id}.ping-sending").wait_for()
+    assert "sending…" in box.inner_text()
     run_worker(app)
-    row.locator(".ping-ok").wait_for(timeout=10_000)
-    result = row.locator(f"#ping-{live.id}").inner_text()
-    assert "200" in result and "ms" in result and '"ok": true' in result
+    page.locator(f"#ping-{live.id}.ping-ok").wait_for(timeout=10_000)
+    result = box.inner_text()
+    assert "200" in result and "OK" in result and "ms" in result and '"ok": true' in result
+    # It sits in the row right under its callback.
+    assert page.locator(f"#callback-{live.id} + tr.ping-row #ping-{live.id}").count() == 1
     time.sleep(1.0)  # a second click, had one slipped through, would have queued by now
     run_worker(app)
     assert len(receiver.requests) == 1
