@@ -5,7 +5,9 @@ and a large one (10,000 callbacks, 1,000,000 attempts), with the rollups the
 worker would have written. The four pages a person uses most -- the Callbacks
 page, a tab switch, the monitoring page and a filtered delivery log -- are then
 requested in turn against both, server-side through the Flask test client, and
-the median times compared. The last line reads ``ratio scale=<largest ratio>``.
+their best times compared (like ``timeit``: on a shared machine the fastest run is
+the one least disturbed by other processes; medians are printed alongside). The
+last line reads ``ratio scale=<largest ratio>``.
 
 Never touches the configured database: everything lives in a temporary folder
 (or ``--dir``, reused on the next run so a schema change can be measured fast).
@@ -419,9 +421,9 @@ def run_scale(
     echo: Echo = print,
     callbacks: int = 10_000,
     attempts: int = 1_000_000,
-    baseline_callbacks: int = 100,
+    baseline_callbacks: int = 250,
     baseline_attempts: int = 1_000,
-    repeat: int = 15,
+    repeat: int = 20,
     workdir: str | None = None,
     redis_url: str | None = None,
 ) -> dict[str, tuple[float, float, float]]:
@@ -459,14 +461,14 @@ def run_scale(
     echo("")
     echo(
         f"{'page':<24} {f'{baseline_attempts:,} attempts':>16} {f'{attempts:,} attempts':>18} {'ratio':>7}"
-        f"   (median of {repeat}, ms, server-side)"
+        f"   (best of {repeat}, ms, server-side; medians in brackets)"
     )
     results: dict[str, tuple[float, float, float]] = {}
     for label, url, _ in PAGES:
-        a = statistics.median(timings[label][small.name])
-        b = statistics.median(timings[label][large.name])
+        a, b = min(timings[label][small.name]), min(timings[label][large.name])
+        ma, mb = statistics.median(timings[label][small.name]), statistics.median(timings[label][large.name])
         results[label] = (a, b, b / a if a else float("inf"))
-        echo(f"{label:<24} {a:>16.1f} {b:>18.1f} {b / a:>7.2f}   {url}")
+        echo(f"{label:<24} {a:>7.1f} ({ma:>6.1f}) {b:>9.1f} ({mb:>6.1f}) {b / a:>7.2f}   {url}")
     worst = max(r[2] for r in results.values())
     echo(f"datasets in {base}")
     echo(f"ratio scale={worst:.2f}")
@@ -476,9 +478,15 @@ def run_scale(
 @click.command("bench-scale")
 @click.option("--callbacks", default=10_000, show_default=True, type=click.IntRange(1, 10_000_000))
 @click.option("--attempts", default=1_000_000, show_default=True, type=click.IntRange(1, 100_000_000))
-@click.option("--baseline-callbacks", default=100, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option(
+    "--baseline-callbacks",
+    default=250,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="Enough for a full page on every tab (a tenth are inactive), so both sides render as many rows.",
+)
 @click.option("--baseline-attempts", default=1_000, show_default=True, type=click.IntRange(1, 10_000_000))
-@click.option("--repeat", default=15, show_default=True, type=click.IntRange(3, 1000))
+@click.option("--repeat", default=20, show_default=True, type=click.IntRange(3, 1000))
 @click.option(
     "--dir",
     "workdir",

@@ -350,6 +350,24 @@ def test_chart_geometry_stacks_failed_on_succeeded_within_the_plot():
     assert chart.y_ticks[0][1] == "0" and chart.y_ticks[-1][1] == "10"
 
 
+def test_windows_read_minute_rows_only_for_the_last_hour():
+    from datetime import datetime
+
+    now = datetime(2026, 3, 4, 15, 37, 20)
+    hour = monitoring.window("1h", now)
+    assert hour.start == datetime(2026, 3, 4, 14, 37) and hour.segments() == [
+        (monitoring.MINUTE, hour.start, None)
+    ]
+    day = monitoring.window("24h", now)
+    assert day.start == datetime(2026, 3, 3, 15, 0) and day.segments() == [(monitoring.HOUR, day.start, None)]
+    week = monitoring.window("7d", now)
+    assert week.start == datetime(2026, 2, 25, 15, 0) and week.segments() == [
+        (monitoring.HOUR, week.start, None)
+    ]
+    with pytest.raises(ValueError):
+        monitoring.window("2w", now)
+
+
 def test_percentiles_from_a_histogram_stay_in_the_right_bucket_and_hit_the_extremes():
     hist: dict[int, int] = {}
     extremes: dict[int, tuple[float, float]] = {}

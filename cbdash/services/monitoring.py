@@ -352,7 +352,7 @@ def prune_rollups(now: datetime | None = None, batch: int = 5000) -> dict[str, i
 
 @dataclass(frozen=True)
 class Window:
-    """A monitoring window: [start, end], start rounded down to the minute."""
+    """A monitoring window: [start, end], start rounded down to the minute or hour."""
 
     key: str
     start: datetime
@@ -378,13 +378,17 @@ class Window:
 
 
 def window(key: str | None, now: datetime | None = None) -> Window:
-    """The named window ending now; ValueError for an unknown name."""
+    """The named window ending now; ValueError for an unknown name.
+
+    The last hour starts on a whole minute; longer windows on a whole hour (so they
+    span up to an hour more than their name), which lets them read hour rows only.
+    """
     key = key or DEFAULT_WINDOW
     if key not in WINDOWS:
         raise ValueError(f"window must be one of {', '.join(WINDOWS)}")
     now = now or utcnow()
     length, step = WINDOWS[key]
-    return Window(key, floor_time(now - length, MINUTE), now, step)
+    return Window(key, floor_time(now - length, MINUTE if length <= timedelta(hours=1) else HOUR), now, step)
 
 
 @dataclass
