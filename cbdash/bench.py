@@ -145,6 +145,8 @@ async def _serve_connection(
             await writer.drain()
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
         pass
+    except asyncio.CancelledError:
+        return  # shutting down with the connection still open
     finally:
         writer.close()
 

@@ -38,32 +38,36 @@ def _ensure_app():  # type: ignore[no-untyped-def]
 
 
 def deliver(delivery_ids: list[int]) -> None:
-    """Attempt each delivery in the batch; schedule the retries and alerts it asks for."""
-    from . import dispatch
+    """Attempt the batch's deliveries (concurrently); schedule the retries and alerts they ask for."""
     from .extensions import db
-    from .services import delivery
+    from .services import batch
 
+    ids = []
+    for value in delivery_ids:
+        try:
+            ids.append(int(value))
+        except (TypeError, ValueError):
+            log.error("deliver: ignoring delivery id %r", value)
     ctx = _ensure_app()
     try:
-        for n, delivery_id in enumerate(delivery_ids):
-            delivery.LEASES.hold_batch(delivery_ids[n + 1 :])
-            try:
-                outcome = delivery.process(int(delivery_id))
-            except Exception:
-                # One bad delivery must not stop the batch; the reconciler retries it.
-                db.session.rollback()
-                log.exception("delivery %s failed unexpectedly", delivery_id)
-                continue
-            if outcome is None:
-                continue
-            if outcome.retry_at is not None:
-                dispatch.schedule(outcome.delivery_id, outcome.retry_at, outcome.timeout)
-            if outcome.disabled_callback_id is not None:
-                dispatch.enqueue_alert(outcome.disabled_callback_id)
+        batch.process_batch(ids, after_attempt)
+    except Exception:
+        # Nothing is lost: unrecorded claims lapse and the reconciler queues them again.
+        db.session.rollback()
+        log.exception("delivery batch %s failed unexpectedly", ids[:20])
     finally:
-        delivery.LEASES.hold_batch([])
         if ctx is not None:
             ctx.pop()  # app-context teardown also removes the session
+
+
+def after_attempt(outcome) -> None:  # type: ignore[no-untyped-def]
+    """Queue what an attempt's outcome asks for: its retry, the auto-disable alert."""
+    from . import dispatch
+
+    if outcome.retry_at is not None:
+        dispatch.schedule(outcome.delivery_id, outcome.retry_at, outcome.timeout)
+    if outcome.disabled_callback_id is not None:
+        dispatch.enqueue_alert(outcome.disabled_callback_id)
 
 
 def send_alert(callback_id: int) -> None:

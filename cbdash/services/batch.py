@@ -1,0 +1,319 @@
+"""A job's deliveries at once: one claim, concurrent attempts, one write of the outcomes.
+
+The rules are those of ``services.delivery`` (claim, skip, sign, send, record,
+finish); this module changes only what they cost. A job's deliveries are
+claimed with one UPDATE, sent concurrently from a small thread pool per worker
+process (each attempt with its own timeout, signature and log row), and their
+attempts and outcomes written in one transaction -- a few milliseconds per
+batch instead of per delivery.
+
+A slow receiver must not hold up fast ones: in ``cbdash worker`` (where a lease
+keeper runs), attempts still running ``HANDOFF_AFTER`` seconds into a job are
+handed off -- the job records the rest and returns, so the worker takes its
+next job, and each straggler records its own outcome when it ends, its lease
+renewed meanwhile. At most ``stragglers`` such attempts run at a time (then a
+job waits for its own), so the pool always has threads for new work.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from flask import Flask, current_app
+from sqlalchemy import select, update
+
+from ..constants import DeliveryStatus
+from ..extensions import db
+from ..models import Callback, Delivery, Event, utcnow
+from . import delivery as engine
+from . import settings, transport
+
+log = logging.getLogger(__name__)
+HANDOFF_AFTER = 1.0  # seconds into a job after which unfinished attempts finish on their own
+DEFAULT_CONCURRENCY = 16
+OPEN = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
+
+OnOutcome = Callable[[engine.Outcome], None]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What signing needs from a callback, detached from the session (used in pool threads)."""
+
+    headers: dict[str, str]
+    secrets: tuple[str, ...]
+
+    def signing_secrets(self) -> list[str]:
+        return list(self.secrets)
+
+
+@dataclass
+class Attempt:
+    """One delivery of the batch on its way: what to send and, once sent, what came back."""
+
+    delivery_id: int
+    claim: engine.Claim
+    url: str = ""
+    body: bytes = b""
+    webhook_id: str = ""
+    kind: str = ""
+    timeout: float = 5.0
+    target: Target | None = None
+    result: transport.Response | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class _Pool:
+    """The process's sending threads and its budget of handed-off attempts."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self.size = 0
+        self._stragglers = 0
+
+    def executor(self, size: int) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None or self.size != size:
+                if self._executor is not None:
+                    self._executor.shutdown(wait=False)
+                self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="cbdash-send")
+                self.size = size
+            return self._executor
+
+    def reserve(self, count: int) -> bool:
+        """Take ``count`` straggler slots, all or none; a quarter of the pool stays for new jobs."""
+        with self._lock:
+            if self._stragglers + count > max(self.size - max(self.size // 4, 1), 0):
+                return False
+            self._stragglers += count
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._stragglers -= 1
+
+    @property
+    def stragglers(self) -> int:
+        with self._lock:
+            return self._stragglers
+
+
+POOL = _Pool()
+
+
+def claim_batch(ids: list[int], now: datetime) -> dict[int, engine.Claim]:
+    """Atomically move the due deliveries among ``ids`` to ``sending``, in one UPDATE."""
+    rows = db.session.execute(
+        select(Delivery.id, Delivery.status, Delivery.next_attempt_at, Callback.timeout)
+        .join(Callback, Callback.id == Delivery.callback_id)
+        .where(Delivery.id.in_(ids))
+    ).all()
+    candidates = {r.id: r for r in rows if r.status in OPEN}
+    if not candidates:
+        db.session.rollback()
+        return {}
+    longest = max(r.timeout for r in candidates.values())
+    claimed = db.session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id.in_(list(candidates)),
+            Delivery.status.in_(list(OPEN)),
+            # The scheduler works in whole seconds and may fire a moment early.
+            (Delivery.next_attempt_at.is_(None)) | (Delivery.next_attempt_at <= now + timedelta(seconds=1)),
+        )
+        .values(
+            status=DeliveryStatus.SENDING,
+            locked_until=engine.claim_until(now, longest),
+            attempt_count=Delivery.attempt_count + 1,
+        )
+        .returning(Delivery.id, Delivery.attempt_count)
+        .execution_options(synchronize_session=False)
+    ).all()
+    db.session.commit()
+    claims = {}
+    for delivery_id, attempt_number in claimed:
+        row = candidates[delivery_id]
+        lateness = 0.0
+        if row.status == DeliveryStatus.RETRYING and row.next_attempt_at is not None:
+            lateness = min(max((now - row.next_attempt_at).total_seconds(), 0.0), engine.MAX_LATENESS_CREDIT)
+        claims[delivery_id] = engine.Claim(attempt_number=attempt_number, lateness=lateness)
+    return claims
+
+
+def _send(item: Attempt, policy, read_limit: int) -> Attempt:  # type: ignore[no-untyped-def]
+    """Runs in a pool thread: sign (fresh timestamp) and send; never touches the database."""
+    try:
+        item.headers = engine.request_headers(item.target, item.webhook_id, item.body, item.kind)  # type: ignore[arg-type]
+        item.result = transport.post(
+            item.url, item.body, item.headers, item.timeout, policy, read_limit=read_limit
+        )
+    except Exception:  # noqa: BLE001 - left unrecorded: its lease lapses and it is retried
+        log.exception("delivery %s: the attempt could not be made", item.delivery_id)
+    return item
+
+
+def process_batch(ids: list[int], on_outcome: OnOutcome) -> list[engine.Outcome]:
+    """Claim, send and record a job's deliveries; ``on_outcome`` schedules what each asks for."""
+    now = utcnow()
+    claims = claim_batch(ids, now)
+    if not claims:
+        return []
+    for delivery_id in claims:
+        engine.LEASES.add(delivery_id)
+    handed_off: set[int] = set()
+    try:
+        outcomes, items = _prepare(claims, now)
+        if items:
+            outcomes += _send_and_record(items, now, on_outcome, handed_off)
+    finally:
+        # Whatever was not recorded lets its lease lapse: the reconciler retries it.
+        for delivery_id in claims:
+            if delivery_id not in handed_off:
+                engine.LEASES.discard(delivery_id)
+    for outcome in outcomes:
+        on_outcome(outcome)
+    return outcomes
+
+
+def _prepare(claims: dict[int, engine.Claim], now: datetime) -> tuple[list[engine.Outcome], list[Attempt]]:
+    """Reload the claimed rows; skip what may no longer be sent; snapshot the rest for sending."""
+    rows = db.session.execute(
+        select(Delivery, Callback)
+        .outerjoin(Callback, Callback.id == Delivery.callback_id)
+        .where(Delivery.id.in_(list(claims)))
+        .execution_options(populate_existing=True)
+    ).all()
+    bodies = dict(
+        db.session.execute(
+            select(Event.id, Event.body).where(Event.id.in_({d.event_id for d, _ in rows}))
+        ).all()
+    )
+    outcomes: list[engine.Outcome] = []
+    items: list[Attempt] = []
+    for d, cb in rows:
+        reason = engine._skip_reason(d, cb)
+        if reason:
+            d.status = DeliveryStatus.SKIPPED
+            d.status_detail = reason
+            d.attempt_count -= 1  # no request was made
+            d.next_attempt_at = None
+            d.finished_at = now
+            d.locked_until = None
+            outcomes.append(engine.Outcome(d.id, d.status))
+            continue
+        items.append(
+            Attempt(
+                delivery_id=d.id,
+                claim=claims[d.id],
+                url=cb.url,
+                body=bodies[d.event_id].encode(),
+                webhook_id=d.webhook_id,
+                kind=d.kind,
+                timeout=float(cb.timeout),
+                target=Target(dict(cb.headers or {}), tuple(cb.signing_secrets(now))),
+            )
+        )
+    if outcomes:
+        db.session.commit()
+    return outcomes, items
+
+
+def _send_and_record(
+    items: list[Attempt], now: datetime, on_outcome: OnOutcome, handed_off: set[int]
+) -> list[engine.Outcome]:
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    cfg = settings.current()
+    size = int(app.config.get("DELIVERY_CONCURRENCY") or DEFAULT_CONCURRENCY)
+    executor = POOL.executor(max(size, 1))
+    futures: dict[Future[Attempt], Attempt] = {
+        executor.submit(_send, item, cfg.policy, cfg.read_limit): item for item in items
+    }
+    # Hand-offs only where a lease keeper renews the stragglers' claims (cbdash worker).
+    handoff = engine.LEASES.seconds is not None
+    done, pending = wait(futures, timeout=HANDOFF_AFTER if handoff else None)
+    while pending and not (handoff and POOL.reserve(len(pending))):
+        more, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+        done |= more
+    for future in pending:
+        item = futures[future]
+        handed_off.add(item.delivery_id)
+        future.add_done_callback(lambda _f, app=app, item=item: _finish_straggler(app, item, now, on_outcome))
+    return record([futures[f] for f in done], now)
+
+
+def record(items: list[Attempt], now: datetime) -> list[engine.Outcome]:
+    """Write the attempts and outcomes of ``items`` in one transaction (one by one if that fails)."""
+    try:
+        outcomes = _record_all(items, now)
+        db.session.commit()
+        return outcomes
+    except Exception:  # noqa: BLE001 - isolate the row that fails; the others are kept
+        db.session.rollback()
+        log.exception("recording a batch of %d attempts failed; recording them one by one", len(items))
+    outcomes = []
+    for item in items:
+        try:
+            outcomes += _record_all([item], now)
+            db.session.commit()
+        except Exception:  # noqa: BLE001 - its lease lapses and the reconciler retries it
+            db.session.rollback()
+            log.exception("delivery %s: recording the attempt failed", item.delivery_id)
+    return outcomes
+
+
+def _record_all(items: list[Attempt], now: datetime) -> list[engine.Outcome]:
+    ids = [item.delivery_id for item in items]
+    rows = {
+        d.id: (d, cb)
+        for d, cb in db.session.execute(
+            select(Delivery, Callback)
+            .join(Callback, Callback.id == Delivery.callback_id)
+            .where(Delivery.id.in_(ids))
+            .execution_options(populate_existing=True)
+        ).all()
+    }
+    outcomes = []
+    for item in items:
+        if item.result is None:
+            continue  # the attempt could not be made (logged in _send)
+        if item.delivery_id not in rows:
+            log.warning("delivery %s: its row or callback is gone; attempt not recorded", item.delivery_id)
+            continue
+        d, cb = rows[item.delivery_id]
+        attempt = engine.record_attempt(d, item.result, item.headers, now)
+        attempt.number = item.claim.attempt_number
+        # Still ours? A worker that stalled past its lease may have lost the delivery
+        # to another: the attempt stays on record, the state is the other's to set.
+        if (d.status, d.attempt_count) != (DeliveryStatus.SENDING, item.claim.attempt_number):
+            log.warning("delivery %s: claim lost during the attempt; not updating it", d.id)
+            continue
+        outcomes.append(engine.finish(d, cb, item.result, lateness=item.claim.lateness))
+    return outcomes
+
+
+def _finish_straggler(app: Flask, item: Attempt, now: datetime, on_outcome: OnOutcome) -> None:
+    """A handed-off attempt ended: record it in its own transaction, then free its slot."""
+    try:
+        with app.app_context():
+            for outcome in record([item], now):
+                on_outcome(outcome)
+    except Exception:  # noqa: BLE001 - its lease lapses and the reconciler retries it
+        log.exception("delivery %s: recording the handed-off attempt failed", item.delivery_id)
+    finally:
+        engine.LEASES.discard(item.delivery_id)
+        POOL.release()
+
+
+def drain(timeout: float = 60.0) -> bool:
+    """Wait until no handed-off attempt is running (worker shutdown, tests)."""
+    deadline = time.monotonic() + timeout
+    while POOL.stragglers and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return POOL.stragglers == 0
