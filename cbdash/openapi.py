@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 ERROR = {"$ref": "#/components/schemas/Error"}
+_WINDOW = {"name": "window", "in": "query", "schema": {"type": "string", "enum": ["1h", "24h", "7d"]}}
 
 
 def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -226,6 +227,101 @@ def document(payload_limit: int) -> dict[str, Any]:
                     "overlap period)",
                     "responses": {"200": _resp("Rotated"), **_errors(401, 403, 404)},
                 },
+            },
+            "/callbacks/{id}/stats": {
+                "parameters": [_id_param("id")],
+                "get": {
+                    "summary": "Success rate, latency percentiles and failure reasons of one callback",
+                    "parameters": [_WINDOW],
+                    "responses": {"200": _resp("Stats"), **_errors(400, 401, 404)},
+                },
+            },
+            "/callbacks/{id}/breaker": {
+                "parameters": [_id_param("id")],
+                "get": {
+                    "summary": "Circuit breaker state (closed, open, half_open), since when and why",
+                    "responses": {"200": _resp("Breaker"), **_errors(401, 404)},
+                },
+            },
+            "/callbacks/{id}/breaker/reset": {
+                "parameters": [_id_param("id")],
+                "post": {
+                    "summary": "Close the circuit breaker (admin)",
+                    "responses": {"200": _resp("Breaker"), **_errors(401, 403, 404)},
+                },
+            },
+            "/callbacks/{id}/sync": {
+                "parameters": [_id_param("id")],
+                "get": {
+                    "summary": "Synchronous settings: priority, failure policy, fallback",
+                    "responses": {"200": _resp("Sync settings"), **_errors(401, 404)},
+                },
+                "patch": {
+                    "summary": "Change priority, failure policy (fail|fallback) or fallback",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "priority": {"type": "integer"},
+                                        "failure_policy": {"type": "string", "enum": ["fail", "fallback"]},
+                                        "fallback_response": {},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {"200": _resp("Updated"), **_errors(400, 401, 403, 404)},
+                },
+            },
+            "/definitions/{name}/invoke": {
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "post": {
+                    "summary": "Call the active callback(s) of a definition now and return the answer",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["payload"],
+                                    "additionalProperties": False,
+                                    "properties": {"payload": {}, "timeout": {"type": "number"}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _resp(
+                            "The receiver's answer (or the configured fallback)",
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "status": {"type": "integer"},
+                                    "body": {},
+                                    "duration_ms": {"type": "number"},
+                                    "callback_id": {"type": "integer"},
+                                    "delivery_id": {"type": "integer"},
+                                    "fallback": {"type": "boolean"},
+                                },
+                            },
+                        ),
+                        "502": _resp("No receiver answered usably", ERROR),
+                        "504": _resp("The receiver did not answer in time", ERROR),
+                        **_errors(400, 401, 403, 404, 413),
+                    },
+                },
+            },
+            "/stats": {
+                "get": {
+                    "summary": "Deliveries, success rate, p50/p95/p99 latency, failure reasons, queue state",
+                    "parameters": [_WINDOW],
+                    "responses": {"200": _resp("Stats"), **_errors(400, 401)},
+                }
             },
             "/deliveries": {
                 "get": {
