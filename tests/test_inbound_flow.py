@@ -270,6 +270,14 @@ def test_throttled_requests_are_answered_without_the_database(client, monkeypatc
     assert response.status_code == 429 and response.headers["Retry-After"]
 
 
+def test_fixed_window_resets_and_counts_every_429(app):
+    limits = inbound.Limits(source_id=7, rate_limit=2, rate_window=10)
+    t = 1_000_000.0  # the start of a 10 s window
+    assert [inbound.throttle(limits, t + dt) for dt in (0, 1, 2, 3, 9.5)] == [0, 0, 8, 7, 1]
+    assert inbound.throttle(limits, t + 10) == 0  # a new window
+    assert inbound.throttled_today([7]) == {7: 3}
+
+
 def test_rate_limit_windows_are_per_source(client):
     make_source("a-src", rate_limit=1, rate_window=60)
     make_source("b-src", rate_limit=1, rate_window=60)

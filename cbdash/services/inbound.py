@@ -587,18 +587,61 @@ def limits(slug: str) -> Limits | None:
     return value
 
 
+@dataclass
+class _Exhausted:
+    """A window this process already saw go over the limit: it stays over until it ends."""
+
+    until: float
+    pending: int = 0  # 429s answered here and not yet added to Redis's daily count
+    flushed_at: float = 0.0
+
+
+FLUSH_EVERY = 1.0  # seconds between adding locally answered 429s to the daily count
+
+
+def _exhausted() -> dict[int, _Exhausted]:
+    from flask import current_app
+
+    return current_app.extensions.setdefault("cbdash_inbound_exhausted", {})
+
+
+def _flush(redis: Any, source_id: int, memo: _Exhausted, now: float) -> None:
+    count, memo.pending, memo.flushed_at = memo.pending, 0, now
+    if count:
+        with redis.pipeline(transaction=False) as pipe:
+            pipe.incrby(_throttled_key(source_id), count)
+            pipe.expire(_throttled_key(source_id), 2 * 86400)
+            pipe.execute()
+
+
 def throttle(source: InboundSource | Limits, now: float | None = None) -> int:
-    """Fixed-window rate limit in Redis: seconds to wait (for Retry-After), or 0 to go ahead."""
+    """Fixed-window rate limit in Redis: seconds to wait (for Retry-After), or 0 to go ahead.
+
+    Redis holds the count. Counts only grow within a window, so once this process has
+    seen a window go over the limit it answers 429 locally until the window ends: a
+    flood then costs neither a database query nor a Redis round trip per request.
+    """
     from ..queue import get_redis
 
     source_id = source.source_id if isinstance(source, Limits) else source.id
     if source.rate_limit <= 0:
         return 0
     now = time.time() if now is None else now
+    memo = _exhausted().get(source_id)
+    if memo is not None and memo.until > now:
+        memo.pending += 1
+        if now - memo.flushed_at >= FLUSH_EVERY:
+            try:
+                _flush(get_redis(), source_id, memo, now)
+            except Exception:  # noqa: BLE001 - the daily figure is informational
+                pass
+        return max(1, math.ceil(memo.until - now))
     window = max(int(source.rate_window), 1)
     start = int(now // window) * window
     try:
         redis = get_redis()
+        if memo is not None:
+            _flush(redis, source_id, memo, now)
         script = redis.register_script(_THROTTLE_LUA)
         count = int(
             script(
@@ -611,20 +654,23 @@ def throttle(source: InboundSource | Limits, now: float | None = None) -> int:
         return 0
     if count <= source.rate_limit:
         return 0
+    _exhausted()[source_id] = _Exhausted(until=start + window, flushed_at=now)
     return max(1, math.ceil(start + window - now))
 
 
 def throttled_today(source_ids: list[int]) -> dict[int, int]:
-    """Requests answered 429 today (UTC) per source; not stored individually."""
+    """Requests answered 429 today (UTC) per source; counted, not stored individually."""
     from ..queue import get_redis
 
     if not source_ids:
         return {}
+    memos = _exhausted()
+    local = {i: memos[i].pending if i in memos else 0 for i in source_ids}
     try:
         values = get_redis().mget([_throttled_key(i) for i in source_ids])
     except Exception:  # noqa: BLE001
-        return {}
-    return {i: int(v or 0) for i, v in zip(source_ids, values, strict=True)}
+        return local
+    return {i: int(v or 0) + local[i] for i, v in zip(source_ids, values, strict=True)}
 
 
 # ---------------------------------------------------------------------------- receiving
