@@ -301,8 +301,11 @@ def test_page_markup_polls_without_inline_script_or_style(app, admin):
     assert " style=" not in page and "<style" not in page
     assert re.search(r"<script(?![^>]*\bsrc=)[^>]*>", page) is None  # no inline script
     assert "monitoring.js" not in admin.get("/settings/callbacks").get_data(as_text=True)
-    svg = re.search(r"<svg class=\"chart\".*?</svg>", page, re.S).group(0)
-    assert "Succeeded" in svg and "Failed" in svg and "<title" in svg and "attempts" in svg
+    chart = re.search(r'<section class="card mon-chart".*?</section>', page, re.S).group(0)
+    legend = re.search(r'<ul class="chart-legend.*?</ul>', chart, re.S).group(0)
+    assert "Succeeded" in legend and "Failed" in legend
+    svg = re.search(r'<svg class="chart".*?</svg>', chart, re.S).group(0)
+    assert "<title" in svg and "<desc" in svg and ">attempts</text>" in svg and "<line" in svg
     # Each window: a link for no-JS, an htmx swap of the live area, and the page URL pushed.
     link = re.search(r'<a class="tab" href="/settings/callbacks/monitoring\?window=7d"[^>]*>', page).group(0)
     assert 'hx-get="/settings/callbacks/monitoring/live?window=7d"' in link

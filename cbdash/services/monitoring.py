@@ -52,6 +52,17 @@ REASON_LABELS = {
     "5xx": "HTTP 5xx",
     "other": "Other (invalid URL, unexpected)",
 }
+REASON_SHORT = {
+    "timeout": "Timeout",
+    "connect": "Connection",
+    "tls": "TLS",
+    "dns": "DNS",
+    "blocked": "Blocked",
+    "redirect": "Redirect",
+    "4xx": "HTTP 4xx",
+    "5xx": "HTTP 5xx",
+    "other": "Other",
+}
 _CLASS_REASON = {
     ErrorClass.TIMEOUT: "timeout",
     ErrorClass.CONNECT: "connect",
@@ -870,9 +881,9 @@ def nice_ceiling(value: int) -> int:
     return 10 * exp
 
 
-def build_chart(points: list[Point], w: Window, tz: ZoneInfo, width: int = 760, height: int = 260) -> Chart:
+def build_chart(points: list[Point], w: Window, tz: ZoneInfo, width: int = 760, height: int = 280) -> Chart:
     """Lay out stacked bars (succeeded below, failed above), axes and labels."""
-    left, right, top, bottom = 56, width - 12, 34, height - 40
+    left, right, top, bottom = 56, width - 12, 12, height - 34
     plot_w, plot_h = right - left, bottom - top
     highest = max((p.succeeded + p.failed for p in points), default=0)
     y_max = nice_ceiling(highest)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from flask import (
     Blueprint,
     abort,
@@ -12,8 +14,9 @@ from flask import (
     request,
     url_for,
 )
+from markupsafe import Markup
 
-from .. import dispatch, htmx
+from .. import dispatch, formatting, htmx
 from ..constants import ERROR_LABELS, DeliveryKind, DeliveryStatus
 from ..extensions import db
 from ..models import Delivery, utcnow
@@ -27,6 +30,21 @@ PER_PAGE = 50
 def _cursor_arg(name: str) -> int | None:
     raw = request.args.get(name, "").strip()
     return int(raw) if raw.isdigit() and len(raw) < 19 else None
+
+
+@bp.app_template_filter("log_time")
+def log_time(dt: datetime | None) -> Markup:
+    """A <time> for the log: year only when it is not this year, zone always (DST-safe)."""
+    if dt is not None and dt.year != utcnow().year:
+        return formatting.time_tag(dt, "%b %-d, %Y %H:%M:%S %Z")
+    return formatting.time_tag(dt, "%b %-d, %H:%M:%S %Z")
+
+
+@bp.app_template_filter("short_url")
+def short_url(url: str | None, limit: int = 36) -> str:
+    """A callback URL for a narrow column: masked, without the scheme, shortened in the middle."""
+    text = formatting.mask_url(url).split("://", 1)[-1]
+    return text if len(text) <= limit else f"{text[: limit - 13]}…{text[-12:]}"
 
 
 @bp.app_template_global()

@@ -35,6 +35,19 @@ def monitoring_url(endpoint: str = "monitoring.index", window: str = "", page: i
     return url_for(endpoint, **args)
 
 
+@bp.app_template_filter("age")
+def age(seconds: float | None) -> str:
+    """A wait as people say it: "12 s", "2 min 54 s", "1 h 5 min"."""
+    if seconds is None:
+        return "—"
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.0f} s" if seconds >= 1 else f"{seconds:.1f} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
 def _context() -> dict:
     w, page = _state()
     cfg = settings.current()
@@ -49,6 +62,7 @@ def _context() -> dict:
         "window_labels": monitoring.WINDOW_LABELS,
         "reasons": monitoring.REASONS,
         "reason_labels": monitoring.REASON_LABELS,
+        "reason_short": monitoring.REASON_SHORT,
         "refresh_seconds": int(current_app.config.get("MONITORING_REFRESH_SECONDS", 10)),
         "now": utcnow(),
     }
