@@ -155,7 +155,7 @@ def test_timeout_is_logged_and_follows_the_retry_policy(app, receiver):
     (d_id,) = trigger()
     t0 = time.monotonic()
     run_worker(app)
-    assert time.monotonic() - t0 < 2.5  # the worker is free again after the timeout
+    assert time.monotonic() - t0 < 4  # the worker is free again after the 1 s timeout, not 10 s
     d = reload(d_id)
     assert d.status == "retrying"
     assert d.attempts[0].error_class == "timeout"

@@ -167,7 +167,7 @@ def test_a_long_backlog_is_not_mistaken_for_a_loss(app, receiver):
 
 
 def test_redis_that_lost_its_data_is_refilled(app, receiver):
-    make_callback(receiver.url())
+    make_callback(receiver.url(), retry_schedule="60")  # the retry stays in the future
     receiver.reply(Reply(500), Reply(200))
     (retrying,) = trigger()
     run_worker(app)

@@ -91,7 +91,7 @@ def test_retry_after_from_a_real_receiver_sets_the_next_attempt(app, receiver):
     run_worker(app)
     d = reload(d_id)
     assert d.status == "retrying"
-    assert timedelta(seconds=29) < d.next_attempt_at - utcnow() <= timedelta(seconds=30)
+    assert timedelta(seconds=27) < d.next_attempt_at - utcnow() <= timedelta(seconds=30)
 
 
 def test_attempts_follow_the_schedule_then_fail_with_the_last_status(app, client, auth, receiver):
@@ -103,8 +103,10 @@ def test_attempts_follow_the_schedule_then_fail_with_the_last_status(app, client
     for n in range(1, 4):
         d = reload(d_id)
         assert (d.status, d.attempt_count) == ("retrying", n)
-        gap = (d.next_attempt_at - d.attempts[-1].started_at).total_seconds()
-        assert expected_gaps[n - 1] - 0.2 <= gap <= expected_gaps[n - 1] + 0.2
+        last = d.attempts[-1]
+        ended = last.started_at + timedelta(milliseconds=last.duration_ms)
+        gap = (d.next_attempt_at - ended).total_seconds()  # the delay counts from the attempt's end
+        assert expected_gaps[n - 1] - 0.3 <= gap <= expected_gaps[n - 1] + 0.5, gap
         shown = client.get(f"/api/v1/deliveries/{d_id}", headers=auth).get_json()["next_attempt_at"]
         assert shown is not None
         attempt_now(d_id)
@@ -187,8 +189,8 @@ def test_real_worker_keeps_the_schedule_for_500_403_and_a_closed_port(app, clien
         for name, got in offsets.items():
             assert len(got) == 4, (name, got, workers.logs())
             for want, off in zip(expected, got, strict=True):
-                # RQ's scheduler fires on whole seconds: up to ~1.2 s late, never early.
-                assert want - 0.05 <= off <= want + 1.3, (name, got)
+                # Never early; late by the scheduler poll (0.2 s) plus the worker's own pace.
+                assert want - 0.05 <= off <= want + 1.5, (name, got)
         for d_id, last_status in zip(ids, (500, 403, None), strict=True):
             d = reload(d_id)
             assert d.status == "failed"

@@ -27,7 +27,7 @@ def test_drip_body_is_cut_at_the_timeout(receiver):
     result, took = post(receiver.url(), 5)
     assert result.error_class == "timeout"
     assert result.status_code == 200  # the headers came; the body did not finish
-    assert 4.8 <= took <= 6.0, took
+    assert 4.8 <= took <= 7.0, took  # about 5 s, never more than 7
     assert result.duration_ms <= 6000
 
 
