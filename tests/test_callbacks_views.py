@@ -49,6 +49,10 @@ def row_names(html: bytes) -> list[str]:
     return [a.text for a in doc.find_all("a", class_="def-name")]
 
 
+def row_ids(doc) -> list[str]:  # type: ignore[no-untyped-def]
+    return [tr.attrs["id"] for tr in doc.by_id("callbacks-table").find_all("tr", class_="cb-row")]
+
+
 def delivery_count() -> int:
     return db.session.scalar(select(func.count()).select_from(Delivery)) or 0
 
@@ -201,13 +205,13 @@ def test_several_callbacks_share_a_definition_name(admin):
 def test_sort_newest_first_by_default_and_oldest_on_request(admin):
     a, b, c = seed_demo()
     doc = parse(admin.get(PAGE).data)
-    ids = [tr.attrs["id"] for tr in doc.by_id("callbacks-table").find("tbody").find_all("tr", class_="cb-row")]
+    ids = row_ids(doc)
     assert ids == [f"callback-{a.id}", f"callback-{b.id}", f"callback-{c.id}"]
     sort_link = doc.find("a", class_="th-sort")
     assert sort_link.attrs["href"] == "/settings/callbacks?sort=oldest"
     assert doc.find("th", class_="col-created").attrs["aria-sort"] == "descending"
     doc = parse(admin.get(PAGE + "?sort=oldest").data)
-    ids = [tr.attrs["id"] for tr in doc.by_id("callbacks-table").find("tbody").find_all("tr", class_="cb-row")]
+    ids = row_ids(doc)
     assert ids == [f"callback-{c.id}", f"callback-{b.id}", f"callback-{a.id}"]
     assert doc.find("th", class_="col-created").attrs["aria-sort"] == "ascending"
 
