@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select, update
 
+from .constants import DeliveryStatus
 from .extensions import db
 from .models import Callback, Delivery, utcnow
 from .queue import get_queue
@@ -30,14 +31,26 @@ def _timeouts(ids: list[int]) -> dict[int, int]:
     return {r.id: r.timeout for r in rows}
 
 
-def enqueue(ids: Iterable[int], *, at_front: bool = False) -> bool:
-    """Queue deliveries by id in batches; False (logged) when Redis is unreachable."""
+def enqueue(
+    ids: Iterable[int],
+    *,
+    at_front: bool = False,
+    timeouts: dict[int, int] | None = None,
+    stamped: bool = False,
+) -> bool:
+    """Queue deliveries by id in batches; False (logged) when Redis is unreachable.
+
+    ``timeouts`` (delivery id -> HTTP timeout) spares a query when the caller knows
+    them; ``stamped`` means the rows were committed with ``enqueued_at`` already set
+    (the API's hot path), so only a failure needs a write: clearing the stamp lets
+    the reconciler queue them without waiting for the requeue delay.
+    """
     from .jobs import deliver
 
     ids = list(ids)
     if not ids:
         return True
-    timeouts = _timeouts(ids)
+    timeouts = timeouts if timeouts is not None else _timeouts(ids)
     try:
         queue = get_queue()
         with queue.connection.pipeline() as pipe:
@@ -57,14 +70,23 @@ def enqueue(ids: Iterable[int], *, at_front: bool = False) -> bool:
             pipe.execute()
     except Exception as exc:  # noqa: BLE001 - Redis down must not lose the request
         log.warning("could not enqueue %d deliveries (%s); the reconciler will", len(ids), exc)
+        if stamped:
+            db.session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(ids), Delivery.status == DeliveryStatus.PENDING)
+                .values(enqueued_at=None)
+                .execution_options(synchronize_session=False)
+            )
+            db.session.commit()
         return False
-    db.session.execute(
-        update(Delivery)
-        .where(Delivery.id.in_(ids))
-        .values(enqueued_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    db.session.commit()
+    if not stamped:
+        db.session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(ids))
+            .values(enqueued_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
     return True
 
 
