@@ -56,9 +56,9 @@ def test_sidebar_lists_the_page_and_the_table_shows_each_column(admin):
         "202",
         "thanks",
         "Active",
-        "0 accepted",
-        "0 duplicate",
-        "0 refused",
+        '0<span class="visually-hidden"> accepted',
+        '0<span class="visually-hidden"> duplicate',
+        '0<span class="visually-hidden"> refused',
     ):
         assert text in row, text
     assert source.secret not in html
@@ -271,7 +271,8 @@ def test_detail_lists_messages_with_outcome_tabs_and_counts(admin, client):
     assert fragment.lstrip().startswith('<div id="messages-panel"')
     assert "bad_signature" in fragment and ">accepted<" not in fragment
     table = admin.get("/settings/inbound").get_data(as_text=True)
-    assert "1 accepted" in table and "1 duplicate" in table and "1 refused" in table
+    for outcome in ("accepted", "duplicate", "refused"):
+        assert f'1<span class="visually-hidden"> {outcome}</span>' in table
 
 
 def test_debugger_shows_admins_signed_expected_received_and_hint(admin, client):
@@ -341,3 +342,11 @@ class TestWithCsrf:
         assert client.post(f"/settings/inbound/{source.id}/toggle").status_code == 400
         db.session.refresh(source)
         assert source.active
+
+
+def test_page_shows_requests_rate_limited_today(admin, client):
+    source = make_source("pay", rate_limit=1, rate_window=60)
+    for i in range(3):
+        client.post("/hooks/pay", data=BODY, headers=signed(BODY, f"rl{i}"))
+    assert "2 rate-limited today" in admin.get("/settings/inbound").get_data(as_text=True)
+    assert "2 answered 429 today" in admin.get(f"/settings/inbound/{source.id}").get_data(as_text=True)
