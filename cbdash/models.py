@@ -71,8 +71,9 @@ class Callback(db.Model):
     __table_args__ = (
         Index("ix_callbacks_active_created", "active", "created_at"),
         Index("ix_callbacks_definition_active", "definition", "active"),
-        # Monitoring lists callbacks failing-first, most recently called next.
-        Index("ix_callbacks_attention", "consecutive_failures", "last_attempt_at"),
+        # Monitoring lists callbacks (not deleted) failing-first, most recently called next:
+        # walking this index backwards gives that order without sorting.
+        Index("ix_callbacks_attention", "deleted_at", "consecutive_failures", "last_attempt_at"),
         # Tab counts and totals (not deleted, by status) read this index alone.
         Index("ix_callbacks_deleted_active", "deleted_at", "active"),
     )

@@ -633,12 +633,12 @@ def health_counts(failing_after: int) -> dict[str, int]:
     )
     total = sum(by_status.values())
     inactive = by_status.get(False, 0)
-    # Only the range on consecutive_failures in WHERE, so the (small) range of
-    # ix_callbacks_attention is read rather than every active callback.
+    # Only deleted_at and the range on consecutive_failures in WHERE, so the (small) range
+    # of ix_callbacks_attention is read rather than every active callback.
     failing = (
         db.session.scalar(
-            select(func.sum(case((Callback.active.is_(True) & alive, 1), else_=0))).where(
-                Callback.consecutive_failures >= failing_after
+            select(func.sum(case((Callback.active.is_(True), 1), else_=0))).where(
+                alive, Callback.consecutive_failures >= failing_after
             )
         )
         or 0
