@@ -132,6 +132,9 @@ def test_tabs_history_and_test_ping_in_a_real_browser(app, live_server, browser,
     box = page.locator(f"#ping-{live.id}")
     page.locator(f"#ping-{live.id}.ping-sending").wait_for()
     assert "sending…" in box.inner_text()
+    # The server's own "sending…" fragment (it names the delivery) arrives after the job is
+    # queued; app.js showed the placeholder at the click, before that.
+    page.locator(f"#ping-{live.id}.ping-sending[data-delivery]").wait_for()
     run_worker(app)
     page.locator(f"#ping-{live.id}.ping-ok").wait_for(timeout=10_000)
     result = box.inner_text()
