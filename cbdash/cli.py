@@ -458,7 +458,8 @@ def prune(days: int | None) -> None:
     counts = retention.prune(timedelta(days=days))
     click.echo(
         f"Pruned {counts['attempts']} attempts, {counts['deliveries']} deliveries, "
-        f"{counts['events']} events older than {days} days."
+        f"{counts['events']} events, {counts['inbound_messages']} inbound messages "
+        f"older than {days} days."
     )
 
 

@@ -45,9 +45,17 @@ def prune(age: timedelta) -> dict[str, int]:
         db.session.execute(delete(Delivery).where(Delivery.id.in_(ids)))
         db.session.commit()
         deliveries += len(ids)
+    from .inbound import prune_messages
+
+    inbound_messages = prune_messages(age)
     orphan_events = select(Event.id).where(
         Event.created_at < cutoff,
         ~select(Delivery.id).where(Delivery.event_id == Event.id).exists(),
     )
     events = _batched_delete(Event, orphan_events)
-    return {"attempts": attempts, "deliveries": deliveries, "events": events}
+    return {
+        "attempts": attempts,
+        "deliveries": deliveries,
+        "events": events,
+        "inbound_messages": inbound_messages,
+    }
