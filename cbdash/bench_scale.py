@@ -17,10 +17,11 @@ Never touches the configured database: everything lives in a temporary folder
 from __future__ import annotations
 
 import random
+import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -437,58 +438,76 @@ def run_scale(
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cbdash-scale-"))
     small = Dataset("baseline", baseline_callbacks, baseline_attempts, base / "small")
     large = Dataset("large", callbacks, attempts, base / "large")
-    small_app = _prepare(small, now, redis_url, echo)
-    # One embedded Redis serves both apps (the queue panel reads it on the monitoring page).
-    with small_app.app_context():
-        from .queue import redis_url as resolve_redis
+    apps: dict[str, Flask] = {}
+    try:
+        small_app = apps[small.name] = _prepare(small, now, redis_url, echo)
+        # One embedded Redis serves both apps (the queue panel reads it on the monitoring page).
+        with small_app.app_context():
+            from .queue import redis_url as resolve_redis
 
-        shared_redis = redis_url or resolve_redis(small_app)
-    large_app = _prepare(large, now, shared_redis, echo)
-    clients = {small.name: _client(small_app), large.name: _client(large_app)}
-    apps = {small.name: small_app, large.name: large_app}
-    for app in apps.values():
-        with app.app_context():
-            db.session.execute(text("SELECT 1"))
-    timings: dict[str, dict[str, list[tuple[float, float]]]] = {
-        label: {small.name: [], large.name: []} for label, _, _ in PAGES
-    }
-    for label, url, headers in PAGES:
-        for name in (small.name, large.name):  # warm caches and lazy imports
-            for _ in range(2):
-                _time(clients[name], url, headers)
-        # Interleaved, so drift on a shared machine hits both sides alike.
-        for _ in range(repeat):
-            for name in (small.name, large.name):
-                timings[label][name].append(_time(clients[name], url, headers))
-    echo("")
-    echo(
-        f"{'page':<22} {f'{baseline_attempts:,} attempts':>22} {f'{attempts:,} attempts':>22} {'ratio':>6}"
-        f" {'(wall)':>7}"
-    )
-    echo(f"{'':<22} {'cpu ms (wall ms)':>22} {'cpu ms (wall ms)':>22}")
-    results: dict[str, tuple[float, float, float]] = {}
-    for label, url, _ in PAGES:
-        small_runs, large_runs = timings[label][small.name], timings[label][large.name]
-        a, b = min(r[0] for r in small_runs), min(r[0] for r in large_runs)
-        wa, wb = min(r[1] for r in small_runs), min(r[1] for r in large_runs)
-        results[label] = (a, b, b / a if a else float("inf"))
+            shared_redis = redis_url or resolve_redis(small_app)
+        large_app = apps[large.name] = _prepare(large, now, shared_redis, echo)
+        clients = {small.name: _client(small_app), large.name: _client(large_app)}
+        for app in apps.values():
+            with app.app_context():
+                db.session.execute(text("SELECT 1"))
+        timings: dict[str, dict[str, list[tuple[float, float]]]] = {
+            label: {small.name: [], large.name: []} for label, _, _ in PAGES
+        }
+        for label, url, headers in PAGES:
+            for name in (small.name, large.name):  # warm caches and lazy imports
+                for _ in range(2):
+                    _time(clients[name], url, headers)
+            # Interleaved, so drift on a shared machine hits both sides alike.
+            for _ in range(repeat):
+                for name in (small.name, large.name):
+                    timings[label][name].append(_time(clients[name], url, headers))
+        echo("")
         echo(
-            f"{label:<22} {a:>12.1f} ({wa:>6.1f}) {b:>14.1f} ({wb:>6.1f}) {b / a:>6.2f} "
-            f"{wb / wa:>7.2f}  {url}"
+            f"{'page':<22} {f'{baseline_attempts:,} attempts':>22} "
+            f"{f'{attempts:,} attempts':>22} {'ratio':>6} {'(wall)':>7}"
         )
-    wall_medians = [
-        statistics.median(r[1] for r in timings[label][name])
-        for label, _, _ in PAGES
-        for name in (small.name, large.name)
-    ]
-    echo(
-        f"best of {repeat} interleaved runs; wall-time medians ranged "
-        f"{min(wall_medians):.0f}–{max(wall_medians):.0f} ms"
-    )
+        echo(f"{'':<22} {'cpu ms (wall ms)':>22} {'cpu ms (wall ms)':>22}")
+        results: dict[str, tuple[float, float, float]] = {}
+        for label, url, _ in PAGES:
+            small_runs, large_runs = timings[label][small.name], timings[label][large.name]
+            a, b = min(r[0] for r in small_runs), min(r[0] for r in large_runs)
+            wa, wb = min(r[1] for r in small_runs), min(r[1] for r in large_runs)
+            results[label] = (a, b, b / a if a else float("inf"))
+            echo(
+                f"{label:<22} {a:>12.1f} ({wa:>6.1f}) {b:>14.1f} ({wb:>6.1f}) {b / a:>6.2f} "
+                f"{wb / wa:>7.2f}  {url}"
+            )
+        wall_medians = [
+            statistics.median(r[1] for r in timings[label][name])
+            for label, _, _ in PAGES
+            for name in (small.name, large.name)
+        ]
+        echo(
+            f"best of {repeat} interleaved runs; wall-time medians ranged "
+            f"{min(wall_medians):.0f}–{max(wall_medians):.0f} ms"
+        )
+    finally:
+        _close(apps.values())
+        if workdir is None:  # a temporary folder: a gigabyte nobody will reuse
+            shutil.rmtree(base, ignore_errors=True)
     worst = max(r[2] for r in results.values())
-    echo(f"datasets in {base}")
+    echo(f"datasets kept in {base} (pass --dir to reuse them)" if workdir else "temporary datasets removed")
     echo(f"ratio scale={worst:.2f}")
     return results
+
+
+def _close(apps: Iterable[Flask]) -> None:
+    """Release database files and stop an embedded Redis started for the run."""
+    from .extensions import db
+
+    for app in apps:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+        server = app.extensions.pop("cbdash_embedded_redis", None)
+        if server is not None:
+            server.shutdown()  # type: ignore[attr-defined]
 
 
 @click.command("bench-scale")
