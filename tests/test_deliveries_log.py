@@ -215,3 +215,54 @@ def test_many_callbacks_filter_by_id_instead_of_a_long_list(app, admin):
     db.session.commit()
     page = admin.get(LOG).get_data(as_text=True)
     assert '<input name="callback_id"' in page and '<select name="callback_id"' not in page
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_filters_swap_in_place_update_the_address_and_back_restores(app, receiver):
+    import threading
+
+    from playwright.sync_api import sync_playwright
+    from werkzeug.serving import make_server
+
+    from tests.conftest import create_user
+
+    create_user()
+    cb = make_callback(receiver.url())
+    failed = add_delivery(cb, status="failed")
+    ok = add_delivery(cb)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            try:
+                tab = browser.new_page()
+                tab.goto(f"{base}/login")
+                tab.fill("input[name=email]", "admin@example.com")
+                tab.fill("input[name=password]", "password-123")
+                tab.click("button[type=submit]")
+                tab.goto(f"{base}{LOG}")
+                assert tab.locator("tr[data-delivery-id]").count() == 2
+                tab.evaluate("window.notReloaded = true")
+                tab.select_option("select[name=status]", "failed")
+                tab.wait_for_function("document.querySelectorAll('tr[data-delivery-id]').length === 1")
+                assert tab.url == f"{base}{LOG}?status=failed"  # clean and shareable
+                assert tab.get_attribute("tr[data-delivery-id]", "data-delivery-id") == str(failed.id)
+                assert tab.evaluate("window.notReloaded") is True
+                tab.go_back()
+                tab.wait_for_function("document.querySelectorAll('tr[data-delivery-id]').length === 2")
+                assert tab.url == f"{base}{LOG}"
+                assert tab.eval_on_selector("select[name=status]", "e => e.value") == ""
+                tab.goto(f"{base}{LOG}?status=succeeded")  # a shared link opens filtered
+                assert tab.get_attribute("tr[data-delivery-id]", "data-delivery-id") == str(ok.id)
+            finally:
+                browser.close()
+    finally:
+        server.shutdown()
+        thread.join(5)
