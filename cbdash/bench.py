@@ -47,6 +47,7 @@ LATENCY_DEF = f"{PREFIX}.latency"
 INGEST_DEF = f"{PREFIX}.ingest"
 BASELINE_TABLE = "cbdash_bench_baseline"
 ECHO_PATH = "/_bench/echo"
+INGEST_ROUNDS = 6
 OK_REPLY = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
 Echo = Callable[[str], None]
 
@@ -602,21 +603,25 @@ def measure_ingestion(services: Services, token: str, options: Options) -> tuple
     body = json.dumps(
         {"definition": INGEST_DEF, "payload": {"order_id": "ord_1", "total": "9.99", "currency": "EUR"}}
     ).encode()
-    half = max(options.requests // 2, 1)
+    # Short alternating rounds (ABBA…): load from other processes drifts, and both
+    # endpoints then see the same average machine.
+    per_round = max(options.requests // INGEST_ROUNDS, 1)
     clients = [Client(services.port, token) for _ in range(options.clients * 2)]
     times = {"events": 0.0, "trivial": 0.0}
     problems: list[str] = []
+    order = (("trivial", ECHO_PATH), ("events", "/api/v1/events"))
     try:
         _run_parallel(clients, [(ECHO_PATH, body)] * len(clients) * 2)  # warm every connection
-        for _round in range(2):
-            for name, path in (("trivial", ECHO_PATH), ("events", "/api/v1/events")):
-                seconds, errs = _run_parallel(clients, [(path, body)] * half)
+        for n in range(INGEST_ROUNDS):
+            for name, path in order if n % 2 == 0 else order[::-1]:
+                seconds, errs = _run_parallel(clients, [(path, body)] * per_round)
                 times[name] += seconds
                 problems += errs[:3]
     finally:
         for c in clients:
             c.close()
-    return 2 * half / times["events"], 2 * half / times["trivial"], problems
+    total = per_round * INGEST_ROUNDS
+    return total / times["events"], total / times["trivial"], problems
 
 
 # Orchestration
@@ -689,18 +694,21 @@ def run(options: Options, echo: Echo = print) -> Result:
             events = options.deliveries // options.fanout
             result.deliveries = events * options.fanout
 
-            echo(f"baseline: {result.deliveries} POSTs with one requests.Session, one committed row each…")
-            result.baseline_seconds = measure_baseline(app, receiver, result.deliveries)
-
-            echo(f"end to end: {events} events × {options.fanout} callbacks through gunicorn and one worker…")
             services.start_web()
             services.start_worker()
             # Warm up: the worker is ready once it has delivered one event.
             warm = measure_latency(services, receiver, token, 3)
             if not warm:
                 raise RuntimeError(f"the worker delivered nothing: {services._tail('worker.log')}")
+            # The baseline runs in two halves around the end-to-end run, so drifting
+            # load from other processes weighs on both alike.
+            half = result.deliveries // 2
+            echo(f"baseline: {result.deliveries} POSTs with one requests.Session, one committed row each…")
+            result.baseline_seconds = measure_baseline(app, receiver, half)
+            echo(f"end to end: {events} events × {options.fanout} callbacks through gunicorn and one worker…")
             result.e2e_seconds, problems = measure_delivery(app, services, token, delivery_cbs, options)
             result.problems += problems
+            result.baseline_seconds += measure_baseline(app, receiver, result.deliveries - half)
             got = receiver.stats()["counts"].get("/delivery", 0)
             if got != result.deliveries:
                 result.problems.append(f"receiver got {got} requests for {result.deliveries} deliveries")

@@ -133,3 +133,22 @@ def test_a_slow_receiver_does_not_hold_up_later_deliveries_in_a_worker(app, rece
     assert handed_off.attempts[0].duration_ms >= 3900
     assert len(slow.requests) == 1
     assert all(db.session.get(Delivery, i).status == "succeeded" for i in fast_ids)
+
+
+def test_the_shared_watchdog_fires_at_each_deadline_and_never_after_cancel():
+    from cbdash.services.transport import _Watchdog
+
+    dog = _Watchdog()
+    fired: list[tuple[str, float]] = []
+    start = time.monotonic()
+    late = dog.schedule(start + 0.30, lambda: fired.append(("late", time.monotonic() - start)))
+    dog.schedule(start + 0.10, lambda: fired.append(("early", time.monotonic() - start)))
+    cancelled = dog.schedule(start + 0.05, lambda: fired.append(("cancelled", 0.0)))
+    dog.cancel(cancelled)
+    deadline = time.monotonic() + 3
+    while len(fired) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert [name for name, _ in fired] == ["early", "late"]
+    assert 0.09 <= fired[0][1] < 0.5 and 0.29 <= fired[1][1] < 0.8
+    dog.cancel(late)  # cancelling what already ran is harmless

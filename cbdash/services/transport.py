@@ -10,9 +10,14 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import logging
+import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import requests
@@ -29,6 +34,66 @@ MAX_HEADER_VALUE = 1024
 MAX_HEADERS = 64
 
 _local = threading.local()
+log = logging.getLogger(__name__)
+
+
+class _Watchdog:
+    """One thread per process that cuts attempts at their deadlines.
+
+    A ``threading.Timer`` per attempt started a thread per delivery, which cost
+    more CPU and latency than a fast delivery itself.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._cancelled: set[int] = set()
+        self._seq = itertools.count()
+        self._pid: int | None = None
+
+    def schedule(self, deadline: float, action: Callable[[], None]) -> int:
+        """Run ``action`` at ``deadline`` (time.monotonic) unless cancelled first."""
+        with self._cond:
+            if self._pid != os.getpid():  # first use, or a forked child: start our own thread
+                self._pid = os.getpid()
+                self._heap.clear()
+                self._cancelled.clear()
+                thread = threading.Thread(target=self._run, args=(self._pid,), daemon=True)
+                thread.name = "cbdash-watchdog"
+                thread.start()
+            key = next(self._seq)
+            heapq.heappush(self._heap, (deadline, key, action))
+            if self._heap[0][1] == key:
+                self._cond.notify()
+            return key
+
+    def cancel(self, key: int) -> None:
+        with self._cond:
+            self._cancelled.add(key)
+
+    def _run(self, pid: int) -> None:
+        while True:
+            with self._cond:
+                if self._pid != pid:
+                    return
+                while self._heap and self._heap[0][1] in self._cancelled:
+                    self._cancelled.discard(heapq.heappop(self._heap)[1])
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                deadline, key, action = self._heap[0]
+                delay = deadline - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                heapq.heappop(self._heap)
+            try:
+                action()
+            except Exception:  # noqa: BLE001 - the watchdog must outlive any one attempt
+                log.exception("watchdog action failed")
+
+
+_WATCHDOG = _Watchdog()
 
 
 class _Trace:
@@ -240,9 +305,7 @@ def post(
         return result
     trace = _Trace(policy, start + timeout, timeout)
     _local.trace = trace
-    watchdog = threading.Timer(timeout, trace.expire)
-    watchdog.daemon = True
-    watchdog.start()
+    watchdog = _WATCHDOG.schedule(trace.deadline, trace.expire)
     resp: requests.Response | None = None
     try:
         resp = _session().post(
@@ -290,7 +353,7 @@ def post(
         result.error_class, result.error_message = _classify(exc, trace)
     finally:
         trace.finish()
-        watchdog.cancel()
+        _WATCHDOG.cancel(watchdog)
         _local.trace = None
         if resp is not None:
             if result.truncated or result.error_class == ErrorClass.TIMEOUT:
