@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from werkzeug.exceptions import HTTPException
 
 from .. import dispatch, serializers
 from ..constants import DeliveryKind, DeliveryStatus
@@ -25,12 +26,14 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, fields: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.fields = status, code, message, fields or {}
+        self.headers: dict[str, str] = {}
 
 
 @bp.errorhandler(ApiError)
 def _api_error(exc: ApiError) -> Response:
     response = jsonify({"error": {"code": exc.code, "message": exc.message, "fields": exc.fields}})
     response.status_code = exc.status
+    response.headers.update(exc.headers)
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="cbdash"'
     return response
@@ -323,4 +326,23 @@ def openapi():  # type: ignore[no-untyped-def]
 
 @bp.route("/<path:_rest>", methods=["GET", "POST", "PATCH", "PUT", "DELETE"])
 def not_found(_rest: str):  # type: ignore[no-untyped-def]
+    # This catch-all also wins when a real endpoint exists for another method:
+    # answer 405 with Allow then, as a client debugging its call would expect.
+    adapter = current_app.url_map.bind_to_environ(request.environ)
+    allowed = []
+    for method in ("GET", "POST", "PATCH", "PUT", "DELETE"):
+        try:
+            endpoint, _args = adapter.match(request.path, method=method)
+        except HTTPException:
+            continue
+        if endpoint != "api.not_found":
+            allowed.append(method)
+    if allowed:
+        error = ApiError(
+            405,
+            "method_not_allowed",
+            f"{request.method} is not allowed here; use " + " or ".join(allowed) + ".",
+        )
+        error.headers = {"Allow": ", ".join(allowed)}
+        raise error
     raise ApiError(404, "not_found", "No such API endpoint. See /api/v1/openapi.json.")
