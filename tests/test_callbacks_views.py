@@ -473,7 +473,7 @@ def test_ping_to_a_closed_port_reports_the_connection_failure(app, admin):
     assert "ping-fail" in box.classes
     detail = box.find("span", class_="ping-detail")
     assert detail.text.startswith("· connection refused")
-    assert "Connection refused" in detail.attrs["title"]  # the transport's full message
+    assert "failed: connection refused" in detail.attrs["title"]  # the transport's full message
 
 
 def test_ping_timeout_is_reported_as_timed_out(app, admin, receiver):

@@ -145,3 +145,20 @@ def test_small_body_is_read_whole(receiver):
     assert result.body == b"\x00\xff not utf-8"
     assert not result.truncated
     assert result.body_size == len(b"\x00\xff not utf-8")
+
+
+def test_connection_refused_is_explained_in_one_sentence():
+    import socket
+
+    from cbdash.services import ssrf, transport
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = transport.post(
+        f"http://127.0.0.1:{port}/hook", b"{}", {}, 3, ssrf.TargetPolicy.from_setting("127.0.0.1/32")
+    )
+    assert result.error_class == "connect"
+    assert result.error_message == (
+        f"Connection to 127.0.0.1:{port} failed: connection refused (nothing is listening on that port)."
+    )

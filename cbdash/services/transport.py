@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+import errno
 import heapq
 import itertools
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -393,4 +395,38 @@ def _classify(exc: BaseException, trace: _Trace) -> tuple[str, str]:
         return ErrorClass.TIMEOUT, _timeout_message(trace, text)
     if any(isinstance(e, requests.exceptions.InvalidURL | ValueError) for e in chain):
         return ErrorClass.INVALID_URL, text
-    return ErrorClass.CONNECT, text
+    return ErrorClass.CONNECT, _connect_message(exc, chain, text)
+
+
+_ERRNO_TEXT = {
+    errno.ECONNREFUSED: "connection refused (nothing is listening on that port)",
+    errno.ECONNRESET: "connection reset by the receiver",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+    errno.EPIPE: "the receiver closed the connection while we were sending",
+}
+
+
+def _connect_message(exc: BaseException, chain: list[BaseException], text: str) -> str:
+    """A sentence a support person can act on, instead of urllib3's nested repr."""
+    target = ""
+    request = getattr(exc, "request", None)
+    if request is not None and getattr(request, "url", None):
+        parts = urllib3.util.parse_url(request.url)
+        target = f" to {parts.host}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    for e in chain:
+        reason = _ERRNO_TEXT.get(getattr(e, "errno", None) or 0)
+        if reason is None:
+            for arg in getattr(e, "args", ()):
+                reason = _ERRNO_TEXT.get(getattr(arg, "errno", None) or 0)
+                if reason:
+                    break
+        if reason:
+            return f"Connection{target} failed: {reason}."
+    # urllib3 keeps the OS error only in its message text.
+    found = re.search(r"\[Errno (\d+)\]", text)
+    if found and int(found.group(1)) in _ERRNO_TEXT:
+        return f"Connection{target} failed: {_ERRNO_TEXT[int(found.group(1))]}."
+    if "RemoteDisconnected" in text or "ProtocolError" in text:
+        return f"Connection{target} closed by the receiver before it answered."
+    return f"Connection{target} failed ({text[:300]})."
