@@ -121,3 +121,13 @@ def test_openapi_document_is_served_without_a_token(client):
     doc = client.get("/api/v1/openapi.json").get_json()
     assert doc["openapi"].startswith("3.")
     assert "/events" in doc["paths"] and "/definitions/{name}/invoke" in doc["paths"]
+
+
+def test_status_field_as_shown_in_the_json_can_be_patched(client, auth, receiver):
+    cb = client.post(
+        "/api/v1/callbacks", headers=auth, json={"definition": "order.created", "url": receiver.url()}
+    ).get_json()
+    patched = client.patch(f"/api/v1/callbacks/{cb['id']}", headers=auth, json={"status": "inactive"})
+    assert patched.status_code == 200 and patched.get_json()["active"] is False
+    bad = client.patch(f"/api/v1/callbacks/{cb['id']}", headers=auth, json={"status": "paused"})
+    assert bad.status_code == 400 and "active" in bad.get_json()["error"]["fields"]

@@ -164,6 +164,12 @@ def create_event():  # type: ignore[no-untyped-def]
     return jsonify({"event_id": new.uid, "definition": definition, "delivery_ids": new.delivery_ids}), 202
 
 
+def _status_alias(data: dict[str, Any]) -> None:
+    """Accept ``"status": "active"|"inactive"`` too: it is what the callback JSON shows."""
+    if "status" in data and "active" not in data:
+        data["active"] = data.pop("status")
+
+
 def _get_callback(callback_id: int) -> Callback:
     cb = db.session.get(Callback, callback_id)
     if cb is None or cb.deleted_at is not None:
@@ -197,6 +203,7 @@ def list_callbacks():  # type: ignore[no-untyped-def]
 def create_callback():  # type: ignore[no-untyped-def]
     _need("manage")
     data = _json_body()
+    _status_alias(data)
     _unknown(data, callbacks.FIELDS)
     clean, errors = callbacks.validate(data)
     if errors:
@@ -218,6 +225,7 @@ def update_callback(callback_id: int):  # type: ignore[no-untyped-def]
     _need("manage")
     cb = _get_callback(callback_id)
     data = _json_body()
+    _status_alias(data)
     _unknown(data, callbacks.FIELDS)
     clean, errors = callbacks.validate(data, partial=True)
     if errors:
