@@ -261,3 +261,15 @@ def test_reenable_needs_the_manage_permission(app, client, receiver):
     assert client.get(f"/settings/callbacks/{cb.id}/reenable").status_code == 403
     assert client.post(f"/settings/callbacks/{cb.id}/reenable", data={"replay": "1"}).status_code == 403
     assert not db.session.get(Callback, cb.id, populate_existing=True).active
+
+
+def test_auto_disabled_callback_is_re_enabled_through_the_replay_page(app, admin):
+    from cbdash.services import callbacks as callback_rules
+
+    cb = make_callback("http://127.0.0.1:9/hook")
+    callback_rules.set_active(cb, False, "auto-disabled: receiver answered 410 Gone")
+    db.session.commit()
+    for page in ("/settings/callbacks?status=inactive", f"/settings/callbacks/{cb.id}"):
+        html = admin.get(page).get_data(as_text=True)
+        assert f"/settings/callbacks/{cb.id}/reenable" in html
+    assert admin.get(f"/settings/callbacks/{cb.id}/reenable").status_code == 200
