@@ -138,6 +138,11 @@ def reconcile_once(app: Flask) -> None:
             jobs.reconcile()
         except Exception:  # noqa: BLE001 - the loop must survive a DB or Redis blip
             log.exception("reconciler pass failed")
+    from . import scheduled
+
+    # Retention (attempts, payloads, old rollups): at most once an hour across all
+    # workers -- run_if_due holds its own Redis gate and never raises.
+    scheduled.run_if_due(app)
 
 
 def _reconciler_loop(app: Flask, stop: threading.Event, interval: float, owner: str) -> None:
