@@ -222,7 +222,7 @@ def test_many_callbacks_filter_by_id_instead_of_a_long_list(app, admin):
 def test_filters_swap_in_place_update_the_address_and_back_restores(app, receiver):
     import threading
 
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
     from werkzeug.serving import make_server
 
     from tests.conftest import create_user
@@ -251,12 +251,13 @@ def test_filters_swap_in_place_update_the_address_and_back_restores(app, receive
                 assert tab.locator("tr[data-delivery-id]").count() == 2
                 tab.evaluate("window.notReloaded = true")
                 tab.select_option("select[name=status]", "failed")
-                tab.wait_for_function("document.querySelectorAll('tr[data-delivery-id]').length === 1")
+                # Locator waits: a wait_for_function string is eval, which the CSP refuses.
+                expect(tab.locator("tr[data-delivery-id]")).to_have_count(1)
                 assert tab.url == f"{base}{LOG}?status=failed"  # clean and shareable
                 assert tab.get_attribute("tr[data-delivery-id]", "data-delivery-id") == str(failed.id)
                 assert tab.evaluate("window.notReloaded") is True
                 tab.go_back()
-                tab.wait_for_function("document.querySelectorAll('tr[data-delivery-id]').length === 2")
+                expect(tab.locator("tr[data-delivery-id]")).to_have_count(2)
                 assert tab.url == f"{base}{LOG}"
                 assert tab.eval_on_selector("select[name=status]", "e => e.value") == ""
                 tab.goto(f"{base}{LOG}?status=succeeded")  # a shared link opens filtered
