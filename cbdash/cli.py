@@ -490,7 +490,7 @@ def bench(
 ) -> None:
     """Measure delivery throughput, latency and ingestion against plain baselines (SPEC §12)."""
     if scale:
-        _bench_scale()
+        _bench_scale(redis_url)
         return
     from . import bench as bench_mod
 
@@ -513,7 +513,7 @@ def bench(
         raise SystemExit(1)
 
 
-def _bench_scale() -> None:
+def _bench_scale(redis_url: str | None) -> None:
     import inspect
 
     try:
@@ -523,7 +523,7 @@ def _bench_scale() -> None:
             f"the scale benchmark is not available in this version (cbdash.bench_scale: {exc})"
         ) from exc
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    offered = {"app": app, "echo": click.echo}
+    offered = {"app": app, "echo": click.echo, "redis_url": redis_url}
     params = inspect.signature(run_scale).parameters
     with app.app_context():
         run_scale(**{k: v for k, v in offered.items() if k in params})

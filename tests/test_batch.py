@@ -81,15 +81,15 @@ def test_one_failing_row_does_not_lose_the_rest_of_the_batch(app, receiver, monk
     for n in range(3):
         make_callback(receiver.url(f"/{n}"))
     ids = _event()
-    real = engine.record_attempt
+    real = engine.attempt_values
     poisoned = ids[1]
 
-    def record_attempt(d, result, headers, started_at):  # type: ignore[no-untyped-def]
-        if d.id == poisoned:
+    def attempt_values(delivery_id, *args):  # type: ignore[no-untyped-def]
+        if delivery_id == poisoned:
             raise RuntimeError("disk full")
-        return real(d, result, headers, started_at)
+        return real(delivery_id, *args)
 
-    monkeypatch.setattr(engine, "record_attempt", record_attempt)
+    monkeypatch.setattr(engine, "attempt_values", attempt_values)
     run_worker(app)
     db.session.expire_all()
     states = dict(db.session.execute(select(Delivery.id, Delivery.status)).all())
@@ -152,3 +152,48 @@ def test_the_shared_watchdog_fires_at_each_deadline_and_never_after_cancel():
     assert [name for name, _ in fired] == ["early", "late"]
     assert 0.09 <= fired[0][1] < 0.5 and 0.29 <= fired[1][1] < 0.8
     dog.cancel(late)  # cancelling what already ran is harmless
+
+
+MARKS: list[str] = []
+
+
+def mark(name: str) -> None:
+    """A job that is not a delivery (the worker must run it, not fold it)."""
+    MARKS.append(name)
+
+
+def test_the_worker_folds_waiting_delivery_jobs_into_one_and_runs_other_jobs_in_order(
+    app, receiver, monkeypatch
+):
+    from cbdash import jobs
+    from cbdash.queue import get_queue
+    from cbdash.worker import CbdashWorker
+
+    real_deliver = jobs.deliver
+    batches: list[list[int]] = []
+
+    def deliver(ids):  # type: ignore[no-untyped-def]
+        batches.append(list(ids))
+        MARKS.append("deliver")
+        real_deliver(ids)
+
+    make_callback(receiver.url())
+    MARKS.clear()
+    first = [_event()[0] for _ in range(6)]  # six jobs of one delivery each
+    get_queue(app).enqueue(mark, "between", result_ttl=0)
+    second = [_event()[0] for _ in range(6)]
+    queue = get_queue(app)
+    monkeypatch.setattr(jobs, "deliver", deliver)  # after queueing: RQ looks it up by name
+    worker = CbdashWorker([queue], connection=queue.connection)
+    worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
+
+    # One job for the first six, the marker, one job for the other six.
+    assert MARKS == ["deliver", "between", "deliver"]
+    assert batches == [first, second]
+    assert queue.count == 0
+    sent = [r.headers["webhook-id"] for r in receiver.requests]
+    assert len(sent) == len(set(sent)) == 12
+    db.session.expire_all()
+    assert {db.session.get(Delivery, i).status for i in first + second} == {"succeeded"}
+    # The folded jobs are gone from Redis, not left behind as orphans.
+    assert not [k for k in queue.connection.keys("rq:job:*")]

@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from flask import Flask, current_app
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
 from ..constants import DeliveryStatus
 from ..extensions import db
+from ..models import Attempt as AttemptRow
 from ..models import Callback, Delivery, Event, utcnow
 from . import delivery as engine
-from . import settings, transport
+from . import monitoring, settings, transport
 
 log = logging.getLogger(__name__)
 HANDOFF_AFTER = 1.0  # seconds into a job after which unfinished attempts finish on their own
@@ -40,6 +41,7 @@ DEFAULT_CONCURRENCY = 16
 OPEN = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
 
 OnOutcome = Callable[[engine.Outcome], None]
+_INSERT_ATTEMPTS = insert(AttemptRow.__table__)
 
 
 @dataclass(frozen=True)
@@ -279,6 +281,8 @@ def _record_all(items: list[Attempt], now: datetime) -> list[engine.Outcome]:
             .execution_options(populate_existing=True)
         ).all()
     }
+    conn = db.session.connection()
+    attempts = []
     outcomes = []
     for item in items:
         if item.result is None:
@@ -287,14 +291,29 @@ def _record_all(items: list[Attempt], now: datetime) -> list[engine.Outcome]:
             log.warning("delivery %s: its row or callback is gone; attempt not recorded", item.delivery_id)
             continue
         d, cb = rows[item.delivery_id]
-        attempt = engine.record_attempt(d, item.result, item.headers, now)
-        attempt.number = item.claim.attempt_number
+        attempts.append(
+            engine.attempt_values(d.id, item.claim.attempt_number, item.result, item.headers, now)
+        )
         # Still ours? A worker that stalled past its lease may have lost the delivery
         # to another: the attempt stays on record, the state is the other's to set.
-        if (d.status, d.attempt_count) != (DeliveryStatus.SENDING, item.claim.attempt_number):
+        ours = (d.status, d.attempt_count) == (DeliveryStatus.SENDING, item.claim.attempt_number)
+        # Counted after the flush that settles the deliveries; with nothing to settle, now.
+        monitoring.count_attempt(
+            conn,
+            d.callback_id,
+            now,
+            item.result.duration_ms,
+            item.result.status_code,
+            item.result.error_class,
+            session=db.session() if ours else None,
+        )
+        if not ours:
             log.warning("delivery %s: claim lost during the attempt; not updating it", d.id)
             continue
         outcomes.append(engine.finish(d, cb, item.result, lateness=item.claim.lateness))
+    if attempts:
+        # One multi-row insert instead of the ORM's one statement per attempt.
+        conn.execute(_INSERT_ATTEMPTS, attempts)
     return outcomes
 
 

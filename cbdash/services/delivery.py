@@ -198,28 +198,35 @@ def send(
     return result, headers
 
 
+def attempt_values(
+    delivery_id: int, number: int, result: transport.Response, headers: dict[str, str], started_at: datetime
+) -> dict[str, Any]:
+    """The columns of the Attempt row that records ``result`` (secrets redacted, body capped)."""
+    cfg = settings.current()
+    return {
+        "delivery_id": delivery_id,
+        "number": number,
+        "started_at": started_at,
+        "duration_ms": result.duration_ms,
+        "timings": result.timings,
+        "url": result.url[:2048],
+        "request_headers": redact_headers(headers),
+        "status_code": result.status_code,
+        "error_class": result.error_class,
+        "error_message": (result.error_message or None) and result.error_message[:1000],
+        "location": result.location,
+        "response_headers": result.headers,
+        "response_excerpt": result.body[: cfg.excerpt_limit],
+        "response_size": result.body_size,
+        "response_truncated": result.truncated or len(result.body) > cfg.excerpt_limit,
+    }
+
+
 def record_attempt(
     delivery: Delivery, result: transport.Response, headers: dict[str, str], started_at: datetime
 ) -> Attempt:
     """An Attempt row for ``result`` (added, not committed)."""
-    cfg = settings.current()
-    attempt = Attempt(
-        delivery_id=delivery.id,
-        number=delivery.attempt_count,
-        started_at=started_at,
-        duration_ms=result.duration_ms,
-        timings=result.timings,
-        url=result.url[:2048],
-        request_headers=redact_headers(headers),
-        status_code=result.status_code,
-        error_class=result.error_class,
-        error_message=(result.error_message or None) and result.error_message[:1000],
-        location=result.location,
-        response_headers=result.headers,
-        response_excerpt=result.body[: cfg.excerpt_limit],
-        response_size=result.body_size,
-        response_truncated=result.truncated or len(result.body) > cfg.excerpt_limit,
-    )
+    attempt = Attempt(**attempt_values(delivery.id, delivery.attempt_count, result, headers, started_at))
     db.session.add(attempt)
     return attempt
 
@@ -543,7 +550,14 @@ def reclaim_stale(now: datetime) -> list[int]:
     cannot loop forever. Returns the ids to send again.
     """
     rows = db.session.execute(
-        select(Delivery.id, Delivery.attempt_count, Delivery.kind, Callback.url, Callback.retry_schedule)
+        select(
+            Delivery.id,
+            Delivery.callback_id,
+            Delivery.attempt_count,
+            Delivery.kind,
+            Callback.url,
+            Callback.retry_schedule,
+        )
         .join(Callback, Callback.id == Delivery.callback_id)
         .where(Delivery.status == DeliveryStatus.SENDING, Delivery.locked_until < now)
         .limit(1000)
@@ -581,6 +595,11 @@ def reclaim_stale(now: datetime) -> list[int]:
         ).rowcount
         if changed != 1:
             continue
+        if gives_up:
+            # A Core UPDATE is invisible to the ORM counting hooks: count the failure here.
+            from .monitoring import count_outcome
+
+            count_outcome(db.session.connection(), row.callback_id, now, DeliveryStatus.FAILED, db.session)
         db.session.add(
             Attempt(
                 delivery_id=row.id,

@@ -25,7 +25,7 @@ from datetime import timedelta
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from ..constants import DeliveryKind, DeliveryStatus, ErrorClass
 from ..extensions import db
@@ -426,16 +426,13 @@ def _sweep_lost(every: float = 60.0) -> None:
         )
     )
     if lost:
-        db.session.execute(
-            update(Delivery)
-            .where(Delivery.id.in_(lost), Delivery.status == DeliveryStatus.SENDING)
-            .values(
-                status=DeliveryStatus.FAILED,
-                status_detail="web process lost during the call; the caller got no answer",
-                finished_at=utcnow(),
-            )
-            .execution_options(synchronize_session=False)
-        )
+        # Through the ORM, so monitoring's counting hooks see each failure.
+        for d in db.session.scalars(
+            select(Delivery).where(Delivery.id.in_(lost), Delivery.status == DeliveryStatus.SENDING)
+        ):
+            d.status = DeliveryStatus.FAILED
+            d.status_detail = "web process lost during the call; the caller got no answer"
+            d.finished_at = utcnow()
         db.session.commit()
 
 
