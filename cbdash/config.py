@@ -44,6 +44,7 @@ SETTINGS: dict[str, tuple[Any, Any, str]] = {
     "BREAKER_COOLDOWN": (30, int, "seconds an open breaker skips the receiver before one trial call"),
     "METRICS_TOKEN": ("", str, "bearer token for /metrics; empty: loopback clients only"),
     "QUEUE_NAME": ("cbdash", str, "RQ queue name"),
+    "DELIVERY_CONCURRENCY": (16, int, "HTTP attempts one worker process runs at once (its sending threads)"),
     "TRUSTED_PROXIES": (
         0,
         int,
