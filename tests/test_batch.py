@@ -197,3 +197,13 @@ def test_the_worker_folds_waiting_delivery_jobs_into_one_and_runs_other_jobs_in_
     assert {db.session.get(Delivery, i).status for i in first + second} == {"succeeded"}
     # The folded jobs are gone from Redis, not left behind as orphans.
     assert not [k for k in queue.connection.keys("rq:job:*")]
+
+
+def test_a_receivers_cookies_do_not_travel_to_the_next_delivery(app, receiver):
+    receiver.reply(Reply(headers={"Content-Type": "application/json", "Set-Cookie": "session=abc; Path=/"}))
+    make_callback(receiver.url())
+    for _ in range(3):
+        _event()
+        run_worker(app)
+    assert len(receiver.requests) == 3
+    assert all("cookie" not in r.headers for r in receiver.requests)
