@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -36,7 +37,9 @@ from . import delivery as engine
 from . import monitoring, settings, transport
 
 log = logging.getLogger(__name__)
-HANDOFF_AFTER = 1.0  # seconds into a job after which unfinished attempts finish on their own
+HANDOFF_AFTER = 1.0  # seconds after which a running attempt finishes on its own, the job moves on
+WIDEN_AFTER = 0.05  # seconds an attempt may run before the window opens to the whole pool
+FAST_WINDOW = 4  # attempts in flight per job while receivers answer fast
 DEFAULT_CONCURRENCY = 16
 OPEN = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
 
@@ -185,41 +188,59 @@ def process_batch(ids: list[int], on_outcome: OnOutcome) -> list[engine.Outcome]
 
 
 def _prepare(claims: dict[int, engine.Claim], now: datetime) -> tuple[list[engine.Outcome], list[Attempt]]:
-    """Reload the claimed rows; skip what may no longer be sent; snapshot the rest for sending."""
+    """Read what each claimed delivery needs; skip what may no longer be sent (one query, no ORM)."""
     rows = db.session.execute(
-        select(Delivery, Callback)
+        select(
+            Delivery.id,
+            Delivery.webhook_id,
+            Delivery.kind,
+            Event.body,
+            Callback.id.label("callback_id"),
+            Callback.url,
+            Callback.timeout,
+            Callback.headers,
+            Callback.secret,
+            Callback.previous_secret,
+            Callback.previous_secret_expires_at,
+            Callback.active,
+            Callback.inactive_reason,
+            Callback.deleted_at,
+        )
+        .join(Event, Event.id == Delivery.event_id)
         .outerjoin(Callback, Callback.id == Delivery.callback_id)
         .where(Delivery.id.in_(list(claims)))
-        .execution_options(populate_existing=True)
     ).all()
-    bodies = dict(
-        db.session.execute(
-            select(Event.id, Event.body).where(Event.id.in_({d.event_id for d, _ in rows}))
-        ).all()
-    )
     outcomes: list[engine.Outcome] = []
     items: list[Attempt] = []
-    for d, cb in rows:
-        reason = engine._skip_reason(d, cb)
+    for row in rows:
+        # The row carries the fields the engine's rules read from a delivery and its callback.
+        reason = engine._skip_reason(row, row if row.callback_id is not None else None)  # type: ignore[arg-type]
         if reason:
-            d.status = DeliveryStatus.SKIPPED
-            d.status_detail = reason
-            d.attempt_count -= 1  # no request was made
-            d.next_attempt_at = None
-            d.finished_at = now
-            d.locked_until = None
-            outcomes.append(engine.Outcome(d.id, d.status))
+            db.session.execute(
+                update(Delivery)
+                .where(Delivery.id == row.id)
+                .values(
+                    status=DeliveryStatus.SKIPPED,
+                    status_detail=reason,
+                    attempt_count=Delivery.attempt_count - 1,  # no request was made
+                    next_attempt_at=None,
+                    finished_at=now,
+                    locked_until=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            outcomes.append(engine.Outcome(row.id, DeliveryStatus.SKIPPED))
             continue
         items.append(
             Attempt(
-                delivery_id=d.id,
-                claim=claims[d.id],
-                url=cb.url,
-                body=bodies[d.event_id].encode(),
-                webhook_id=d.webhook_id,
-                kind=d.kind,
-                timeout=float(cb.timeout),
-                target=Target(dict(cb.headers or {}), tuple(cb.signing_secrets(now))),
+                delivery_id=row.id,
+                claim=claims[row.id],
+                url=row.url,
+                body=row.body.encode(),
+                webhook_id=row.webhook_id,
+                kind=row.kind,
+                timeout=float(row.timeout),
+                target=Target(dict(row.headers or {}), tuple(Callback.signing_secrets(row, now))),  # type: ignore[arg-type]
             )
         )
     if outcomes:
@@ -230,24 +251,52 @@ def _prepare(claims: dict[int, engine.Claim], now: datetime) -> tuple[list[engin
 def _send_and_record(
     items: list[Attempt], now: datetime, on_outcome: OnOutcome, handed_off: set[int]
 ) -> list[engine.Outcome]:
+    """Send the batch through the pool, a few at a time, then record what finished.
+
+    Fast receivers need only a few attempts in flight, and every extra thread
+    competing for the interpreter costs CPU; when an attempt has been running
+    ``WIDEN_AFTER`` the window opens to the whole pool, and in ``cbdash worker``
+    (where a lease keeper renews claims) an attempt running ``HANDOFF_AFTER`` is
+    handed off and finishes on its own.
+    """
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     cfg = settings.current()
-    size = int(app.config.get("DELIVERY_CONCURRENCY") or DEFAULT_CONCURRENCY)
-    executor = POOL.executor(max(size, 1))
-    futures: dict[Future[Attempt], Attempt] = {
-        executor.submit(_send, item, cfg.policy, cfg.read_limit): item for item in items
-    }
-    # Hand-offs only where a lease keeper renews the stragglers' claims (cbdash worker).
+    size = max(int(app.config.get("DELIVERY_CONCURRENCY") or DEFAULT_CONCURRENCY), 1)
+    executor = POOL.executor(size)
     handoff = engine.LEASES.seconds is not None
-    done, pending = wait(futures, timeout=HANDOFF_AFTER if handoff else None)
-    while pending and not (handoff and POOL.reserve(len(pending))):
-        more, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-        done |= more
-    for future in pending:
-        item = futures[future]
-        handed_off.add(item.delivery_id)
-        future.add_done_callback(lambda _f, app=app, item=item: _finish_straggler(app, item, now, on_outcome))
-    return record([futures[f] for f in done], now)
+    todo = deque(items)
+    running: dict[Future[Attempt], tuple[Attempt, float]] = {}
+    finished: list[Attempt] = []
+    while todo or running:
+        clock = time.monotonic()
+        slow = any(clock - started >= WIDEN_AFTER for _item, started in running.values())
+        window = size if slow else min(FAST_WINDOW, size)
+        while todo and len(running) < window:
+            item = todo.popleft()
+            running[executor.submit(_send, item, cfg.policy, cfg.read_limit)] = (item, time.monotonic())
+        # Wake up when one finishes, or when one becomes slow enough to widen or hand off.
+        deadlines = [clock + 0.25]
+        for _item, started in running.values():
+            if not slow:
+                deadlines.append(started + WIDEN_AFTER)
+            if handoff:
+                deadlines.append(started + HANDOFF_AFTER)
+        timeout = max(min(deadlines) - time.monotonic(), 0.005)
+        done, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
+        for future in done:
+            finished.append(running.pop(future)[0])
+        if not handoff:
+            continue
+        clock = time.monotonic()
+        late = [f for f, (_item, started) in running.items() if clock - started >= HANDOFF_AFTER]
+        if late and POOL.reserve(len(late)):
+            for future in late:
+                item = running.pop(future)[0]
+                handed_off.add(item.delivery_id)
+                future.add_done_callback(
+                    lambda _f, app=app, item=item: _finish_straggler(app, item, now, on_outcome)
+                )
+    return record(finished, now)
 
 
 def record(items: list[Attempt], now: datetime) -> list[engine.Outcome]:
