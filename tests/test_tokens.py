@@ -70,6 +70,27 @@ def test_revoked_token_gets_401(app, client) -> None:  # type: ignore[no-untyped
     assert {"token.create", "token.revoke"} <= actions
 
 
+def test_revocation_by_another_process_takes_effect_within_the_cache_time(app, client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import update
+
+    from cbdash.models import utcnow
+
+    now = [1000.0]
+    monkeypatch.setattr(tokens.time, "monotonic", lambda: now[0])
+    row, plaintext = tokens.create("elsewhere", "admin")
+    db.session.commit()
+    headers = {"Authorization": f"Bearer {plaintext}"}
+    assert client.get("/api/v1/callbacks", headers=headers).status_code == 200
+    # Another web process revokes it: a plain UPDATE this process's ORM never sees.
+    with db.engine.begin() as conn:
+        conn.execute(update(ApiToken).where(ApiToken.id == row.id).values(revoked_at=utcnow()))
+    now[0] += tokens.CACHE_SECONDS - 0.5
+    assert client.get("/api/v1/callbacks", headers=headers).status_code == 200  # remembered
+    now[0] += 1.0
+    refused = client.get("/api/v1/callbacks", headers=headers)
+    assert refused.status_code == 401 and refused.get_json() == UNAUTHORIZED
+
+
 def test_token_form_validates_its_fields(app, client) -> None:  # type: ignore[no-untyped-def]
     login(client)
     for data, field in (({"name": "", "role": "admin"}, "name"), ({"name": "x", "role": "root"}, "role")):
