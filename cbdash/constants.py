@@ -24,6 +24,7 @@ class DeliveryKind(StrEnum):
     PING = "ping"
     INVOKE = "invoke"
     REDELIVERY = "redelivery"
+    INBOUND = "inbound"  # relays a message received on /hooks/<slug> (Event.source "inbound:<slug>")
 
 
 class ErrorClass(StrEnum):

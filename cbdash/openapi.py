@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .constants import DeliveryKind
+
 ERROR = {"$ref": "#/components/schemas/Error"}
 _WINDOW = {"name": "window", "in": "query", "schema": {"type": "string", "enum": ["1h", "24h", "7d"]}}
 
@@ -95,7 +97,7 @@ def document(payload_limit: int) -> dict[str, Any]:
                         "callback_id": {"type": "integer"},
                         "kind": {
                             "type": "string",
-                            "enum": ["event", "ping", "invoke", "redelivery"],
+                            "enum": [k.value for k in DeliveryKind],
                         },
                         "status": {
                             "type": "string",

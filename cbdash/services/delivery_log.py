@@ -19,7 +19,7 @@ from sqlalchemy.orm import selectinload
 
 from ..constants import DeliveryKind, DeliveryStatus
 from ..extensions import db
-from ..models import Callback, Delivery, Event
+from ..models import Callback, Delivery, Event, InboundSource
 from .callbacks import NAME_RE
 
 WINDOWS: dict[str, timedelta] = {
@@ -191,7 +191,7 @@ def search(f: Filters, *, before: int | None = None, after: int | None = None, p
     base = _filtered(f)
     key = tuple_(Delivery.created_at, Delivery.id)
     stmt = base.options(
-        selectinload(Delivery.event).load_only(Event.uid, Event.definition, Event.is_test),
+        selectinload(Delivery.event).load_only(Event.uid, Event.definition, Event.is_test, Event.source),
         selectinload(Delivery.callback),
     )
     newest_first = (Delivery.created_at.desc(), Delivery.id.desc())
@@ -223,6 +223,24 @@ def search(f: Filters, *, before: int | None = None, after: int | None = None, p
         capped=total > COUNT_CAP,
         older=rows[-1].id if rows and has_older else None,
         newer=rows[0].id if rows and has_newer else None,
+    )
+
+
+def inbound_sources(rows: list[Delivery]) -> dict[str, int]:
+    """Slug -> source id for the inbound sources whose messages the rows relay (for links)."""
+    from .inbound import SOURCE_PREFIX
+
+    slugs = {
+        d.event.source.removeprefix(SOURCE_PREFIX)
+        for d in rows
+        if d.event is not None and (d.event.source or "").startswith(SOURCE_PREFIX)
+    }
+    if not slugs:
+        return {}
+    return dict(
+        db.session.execute(
+            select(InboundSource.slug, InboundSource.id).where(InboundSource.slug.in_(slugs))
+        ).all()
     )
 
 

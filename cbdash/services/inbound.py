@@ -21,14 +21,14 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
-from ..constants import Tab
+from ..constants import DeliveryKind, Tab
 from ..extensions import db
 from ..models import InboundMessage, InboundSource, utcnow
 from . import delivery, settings
@@ -538,14 +538,22 @@ def _throttled_key(source_id: int) -> str:
     return f"cbdash:inbound:throttled:{source_id}:{time.strftime('%Y%m%d', time.gmtime())}"
 
 
+def _throttled_hour_key(source_id: int, at: float | None = None) -> str:
+    return f"cbdash:inbound:throttled-h:{source_id}:{time.strftime('%Y%m%d%H', time.gmtime(at))}"
+
+
+THROTTLED_HOURS_KEPT = 8 * 24  # hourly 429 counts outlive the monitoring page's longest window
+
 # One round trip per request: count the hit in the current fixed window and, when over
-# the limit, count the 429 for the page's "rate-limited today" figure.
+# the limit, count the 429 for the "rate-limited today" figure and the monitoring hour.
 _THROTTLE_LUA = """
 local count = redis.call('INCR', KEYS[1])
 if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 if count > tonumber(ARGV[2]) then
   redis.call('INCR', KEYS[2])
   redis.call('EXPIRE', KEYS[2], 172800)
+  redis.call('INCR', KEYS[3])
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
 end
 return count
 """
@@ -611,6 +619,8 @@ def _flush(redis: Any, source_id: int, memo: _Exhausted, now: float) -> None:
         with redis.pipeline(transaction=False) as pipe:
             pipe.incrby(_throttled_key(source_id), count)
             pipe.expire(_throttled_key(source_id), 2 * 86400)
+            pipe.incrby(_throttled_hour_key(source_id, now), count)
+            pipe.expire(_throttled_hour_key(source_id, now), THROTTLED_HOURS_KEPT * 3600)
             pipe.execute()
 
 
@@ -645,8 +655,12 @@ def throttle(source: InboundSource | Limits, now: float | None = None) -> int:
         script = redis.register_script(_THROTTLE_LUA)
         count = int(
             script(
-                keys=[f"cbdash:inbound:rl:{source_id}:{start}", _throttled_key(source_id)],
-                args=[window + 5, source.rate_limit],
+                keys=[
+                    f"cbdash:inbound:rl:{source_id}:{start}",
+                    _throttled_key(source_id),
+                    _throttled_hour_key(source_id, now),
+                ],
+                args=[window + 5, source.rate_limit, THROTTLED_HOURS_KEPT * 3600],
             )
         )
     except Exception as exc:  # noqa: BLE001 - no Redis: accept rather than drop a provider's messages
@@ -671,6 +685,35 @@ def throttled_today(source_ids: list[int]) -> dict[int, int]:
     except Exception:  # noqa: BLE001
         return local
     return {i: int(v or 0) + local[i] for i, v in zip(source_ids, values, strict=True)}
+
+
+def throttled_since(source_ids: list[int], since: datetime, now: datetime | None = None) -> dict[int, int]:
+    """Requests answered 429 per source from the hour holding ``since`` (UTC) until now.
+
+    Counted per hour in Redis (kept 8 days), so a window is read to the whole hour it starts in.
+    """
+    from ..queue import get_redis
+
+    result = dict.fromkeys(source_ids, 0)
+    if not source_ids:
+        return result
+    memos = _exhausted()
+    for i in source_ids:
+        result[i] += memos[i].pending if i in memos else 0  # answered here, not yet in Redis
+    end = (now or utcnow()).replace(tzinfo=UTC).timestamp()
+    hour = since.replace(minute=0, second=0, microsecond=0, tzinfo=UTC).timestamp()
+    stamps = []
+    while hour <= end and len(stamps) <= THROTTLED_HOURS_KEPT:
+        stamps.append(hour)
+        hour += 3600
+    keys = [(i, _throttled_hour_key(i, at)) for i in source_ids for at in stamps]
+    try:
+        values = get_redis().mget([k for _, k in keys])
+    except Exception:  # noqa: BLE001 - the figure is informational; the page must still show
+        return result
+    for (i, _), v in zip(keys, values, strict=True):
+        result[i] += int(v or 0)
+    return result
 
 
 # ---------------------------------------------------------------------------- receiving
@@ -850,6 +893,10 @@ def receive(
     ):
         return _duplicate(source, provider_id, headers, remote_addr, len(body))
     event, deliveries = delivery.create_event(source.definition, payload, source=SOURCE_PREFIX + source.slug)
+    for d in deliveries:
+        # Relays are their own kind in the log and on the monitoring page; the kind is
+        # kept by every retry (attempts of the same delivery) and follows the usual rules.
+        d.kind = DeliveryKind.INBOUND
     msg = InboundMessage(
         source_id=source.id,
         received_at=event.created_at,
@@ -1113,19 +1160,47 @@ def listing(tab: str, q: str = "", page: int = 1, per_page: int = 25) -> Page:
     return Page(items, page, pages, total, per_page)
 
 
-def outcome_counts(source_ids: list[int]) -> dict[int, dict[str, int]]:
-    """Accepted, duplicate and refused messages per source."""
+def outcome_counts(source_ids: list[int], since: datetime | None = None) -> dict[int, dict[str, int]]:
+    """Accepted, duplicate and refused messages per source (received since ``since``, if given)."""
     result = {i: {o.value: 0 for o in Outcome} for i in source_ids}
     if not source_ids:
         return result
-    rows = db.session.execute(
-        select(InboundMessage.source_id, InboundMessage.outcome, func.count())
-        .where(InboundMessage.source_id.in_(source_ids))
-        .group_by(InboundMessage.source_id, InboundMessage.outcome)
-    ).all()
+    stmt = select(InboundMessage.source_id, InboundMessage.outcome, func.count()).where(
+        InboundMessage.source_id.in_(source_ids)
+    )
+    if since is not None:
+        stmt = stmt.where(InboundMessage.received_at >= since)
+    rows = db.session.execute(stmt.group_by(InboundMessage.source_id, InboundMessage.outcome)).all()
     for source_id, outcome, n in rows:
         result[source_id][outcome] = n
     return result
+
+
+@dataclass
+class SourceActivity:
+    source: InboundSource
+    counts: dict[str, int]  # by Outcome
+    throttled: int  # answered 429 (counted per hour, not stored)
+
+
+@dataclass
+class Activity:
+    rows: list[SourceActivity]
+    total: int  # sources in all (the panel lists at most ``limit``)
+
+
+def activity(since: datetime, limit: int = 50) -> Activity:
+    """Per-source accepted, duplicate, refused and throttled counts since ``since`` (the monitoring panel)."""
+    total = db.session.scalar(select(func.count()).select_from(InboundSource)) or 0
+    sources = list(
+        db.session.scalars(
+            select(InboundSource).order_by(InboundSource.active.desc(), InboundSource.slug).limit(limit)
+        )
+    )
+    ids = [s.id for s in sources]
+    counts = outcome_counts(ids, since)
+    throttled = throttled_since(ids, since)
+    return Activity([SourceActivity(s, counts[s.id], throttled[s.id]) for s in sources], total)
 
 
 def messages(

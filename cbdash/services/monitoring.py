@@ -23,7 +23,14 @@ from sqlalchemy import Connection, Table, case, delete, event, func, inspect, se
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
-from ..constants import AUTO_DISABLED_PREFIX, OPEN_STATUSES, DeliveryStatus, ErrorClass, Health
+from ..constants import (
+    AUTO_DISABLED_PREFIX,
+    OPEN_STATUSES,
+    DeliveryKind,
+    DeliveryStatus,
+    ErrorClass,
+    Health,
+)
 from ..extensions import db
 from ..models import Attempt, Callback, Delivery, LatencyRollup, StatsRollup, utcnow
 
@@ -619,6 +626,29 @@ def open_deliveries() -> dict[str, int]:
     for status, n in rows:
         counts[status] = int(n)
     return counts
+
+
+KIND_COUNT_CAP = 10_000  # per kind; past it the page shows “10,000+” rather than count on
+
+
+def kind_counts(w: Window) -> dict[str, tuple[int, bool]]:
+    """Deliveries created in the window per kind, as (count, capped).
+
+    Rollups are per callback, not per kind, so these are counted on
+    ix_deliveries_kind_created (kind, created_at): one index range per kind, capped so a
+    busy install pays for at most KIND_COUNT_CAP entries a kind.
+    """
+    out: dict[str, tuple[int, bool]] = {}
+    for kind in DeliveryKind:
+        capped = (
+            select(Delivery.id)
+            .where(Delivery.kind == kind.value, Delivery.created_at >= w.start)
+            .limit(KIND_COUNT_CAP + 1)
+            .subquery()
+        )
+        n = db.session.scalar(select(func.count()).select_from(capped)) or 0
+        out[kind.value] = (min(n, KIND_COUNT_CAP), n > KIND_COUNT_CAP)
+    return out
 
 
 def health_counts(failing_after: int) -> dict[str, int]:

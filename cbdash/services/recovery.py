@@ -24,7 +24,7 @@ from . import delivery_log, settings
 # Only finished deliveries are worth sending again; open ones are still being sent.
 RECOVERABLE = (DeliveryStatus.FAILED, DeliveryStatus.SKIPPED, DeliveryStatus.SUCCEEDED)
 # Pings are tests and invocations answered a caller that is gone: neither is replayed.
-REPLAYABLE_KINDS = (DeliveryKind.EVENT, DeliveryKind.REDELIVERY)
+REPLAYABLE_KINDS = (DeliveryKind.EVENT, DeliveryKind.INBOUND, DeliveryKind.REDELIVERY)
 # A delivery that already has one of these redeliveries is recovered (or being recovered).
 _SETTLED = (
     DeliveryStatus.SUCCEEDED,
@@ -193,6 +193,11 @@ def replay(cb: Callback, since: datetime) -> list[Delivery]:
                 .order_by(Delivery.id)
             )
         }
+        inbound = set(
+            db.session.scalars(
+                select(Event.id).where(Event.id.in_(chunk), Event.source.startswith("inbound:"))
+            )
+        )
         for event_id in chunk:
             if event_id in previous:
                 created.append(create_redelivery(previous[event_id]))
@@ -200,7 +205,7 @@ def replay(cb: Callback, since: datetime) -> list[Delivery]:
                 d = Delivery(
                     event_id=event_id,
                     callback_id=cb.id,
-                    kind=DeliveryKind.EVENT,
+                    kind=DeliveryKind.INBOUND if event_id in inbound else DeliveryKind.EVENT,
                     status=DeliveryStatus.PENDING,
                     next_attempt_at=now,
                     created_at=now,

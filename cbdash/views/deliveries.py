@@ -67,6 +67,7 @@ def index():  # type: ignore[no-untyped-def]
         "args": args,
         "page": page,
         "callbacks": choices,
+        "inbound_sources": delivery_log.inbound_sources(page.rows),
         "too_many_callbacks": too_many,
         "statuses": list(DeliveryStatus),
         "kinds": list(DeliveryKind),

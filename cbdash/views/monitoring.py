@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, make_response, render_template, reques
 from .. import htmx
 from ..models import utcnow
 from ..permissions import require
-from ..services import monitoring, settings
+from ..services import inbound, monitoring, settings
 
 bp = Blueprint("monitoring", __name__, url_prefix="/settings/callbacks/monitoring")
 PER_PAGE = 25
@@ -58,6 +58,9 @@ def _context() -> dict:
         "chart": monitoring.build_chart(ov.points, w, cfg.timezone),
         "table": monitoring.callback_table(w, page, PER_PAGE, cfg.failing_after),
         "queue": monitoring.queue_state(),
+        "kinds": monitoring.kind_counts(w),
+        "kind_cap": monitoring.KIND_COUNT_CAP,
+        "inbound": inbound.activity(w.start),
         "windows": list(monitoring.WINDOWS),
         "window_labels": monitoring.WINDOW_LABELS,
         "reasons": monitoring.REASONS,
