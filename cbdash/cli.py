@@ -44,6 +44,9 @@ def register_cli(app: Flask) -> None:
     from .bench_scale import bench_scale  # page speed at size (cbdash bench --scale runs it too)
 
     app.cli.add_command(bench_scale)
+    from .bench_flood import bench_flood  # does a flood on /hooks/<slug> slow the dashboard?
+
+    app.cli.add_command(bench_flood)
 
 
 @click.command()
