@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import timedelta
 
@@ -167,3 +168,30 @@ def test_bulk_recovery_and_replay_include_inbound_relays(app, admin, receiver):
     db.session.commit()
     created = recovery.replay(cb, since)
     assert [x.kind for x in created] == ["inbound"]
+
+
+def test_a_flood_of_bad_signatures_stores_a_minutes_budget_and_counts_the_rest(app, admin, monkeypatch):
+    monkeypatch.setattr("cbdash.services.inbound.REFUSALS_STORED", 3)
+    source = make_source("pay", rate_limit=0)
+    bad = signed(BODY, "x")
+    bad["webhook-signature"] = "v1," + "A" * 44
+    codes = [admin.post("/hooks/pay", data=BODY, headers=bad).status_code for _ in range(8)]
+
+    assert codes == [401] * 8
+    stored = list(db.session.scalars(select(InboundMessage).where(InboundMessage.source_id == source.id)))
+    assert len(stored) == 3 and all(m.outcome == "refused" for m in stored)
+    assert all(m.debug and m.debug.get("hint") for m in stored)  # the debugger for the kept ones
+    assert _panel(admin, "1h")["pay"]["refused"] == "8"  # the other five are counted
+
+
+def test_a_secret_changed_in_this_process_is_used_at_once(app, client):
+    source = make_source("pay", rate_limit=0)
+    assert client.post("/hooks/pay", data=BODY, headers=signed(BODY, "a1")).status_code == 200
+    new = "whsec_" + base64.b64encode(b"another-key-of-32-bytes-long!!!!").decode()
+    source.secret, source.previous_secret = new, None
+    db.session.commit()
+    assert client.post("/hooks/pay", data=BODY, headers=signed(BODY, "a2")).status_code == 401
+    assert client.post("/hooks/pay", data=BODY, headers=signed(BODY, "a3", secret=new)).status_code == 200
+    source.active = False
+    db.session.commit()
+    assert client.post("/hooks/pay", data=BODY, headers=signed(BODY, "a4", secret=new)).status_code == 404

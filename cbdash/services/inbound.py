@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from sqlalchemy import event as sa_event
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
@@ -272,8 +273,12 @@ def verify(
     token_header: str = "X-Webhook-Token",
     tolerance: int = 300,
     now: float | None = None,
+    explain: bool = True,
 ) -> Verdict:
-    """Check ``body`` (the raw bytes) against the preset's signature headers, in constant time."""
+    """Check ``body`` (the raw bytes) against the preset's signature headers, in constant time.
+
+    ``explain=False`` skips the debugger's hint (re-signing body and key variants) on a refusal.
+    """
     h = {k.lower(): v for k, v in headers.items()}
     now = time.time() if now is None else now
     if preset == Preset.NONE:
@@ -322,7 +327,8 @@ def verify(
         return Verdict(
             False, Reason.STALE_TIMESTAMP, f"Timestamp outside the ±{tolerance} s tolerance.", debug
         )
-    debug["hint"] = diagnose(preset, scheme, keys, body, h)
+    if explain:
+        debug["hint"] = diagnose(preset, scheme, keys, body, h)
     return Verdict(False, Reason.BAD_SIGNATURE, "The signature does not match the body.", debug)
 
 
@@ -497,7 +503,7 @@ def secret_error(preset: str, secret: str) -> str | None:
     return None
 
 
-def redact(headers: Mapping[str, str], source: InboundSource) -> dict[str, str]:
+def redact(headers: Mapping[str, str], source: InboundSource | Limits) -> dict[str, str]:
     """Request headers as stored: credentials replaced, at most 50, values capped."""
     sensitive = {source.token_header.lower()} if source.preset == Preset.TOKEN else set()
     out: dict[str, str] = {}
@@ -561,22 +567,64 @@ return count
 
 @dataclass(frozen=True)
 class Limits:
-    """What the hot path needs before touching the database."""
+    """A source as the hot path needs it, cached so floods (429, 401) never query the database."""
 
     source_id: int
     rate_limit: int
     rate_window: int
+    slug: str = ""
+    active: bool = True
+    preset: str = Preset.NONE
+    keys: tuple[str, ...] = ()
+    token_header: str = "X-Webhook-Token"
+    tolerance: int = 300
+    dedupe_header: str | None = None
+    loaded_at: float = 0.0  # time.monotonic() when read from the database
+
+    @property
+    def id(self) -> int:
+        return self.source_id
 
 
-LIMITS_TTL = 5.0  # seconds a slug's limits are cached in this process
+LIMITS_TTL = 5.0  # seconds a slug's snapshot is used for rate limiting in this process
+RECHECK_AFTER = 1.0  # seconds: an older snapshot is read again before it refuses a message
 _LIMITS_MAX = 1024
 
 
-def limits(slug: str) -> Limits | None:
-    """The source's rate limit, cached briefly so a flood answered 429 never queries the database.
+def _snapshot(source: InboundSource) -> Limits:
+    return Limits(
+        source.id,
+        source.rate_limit,
+        source.rate_window,
+        source.slug,
+        bool(source.active),
+        source.preset,
+        tuple(source.verifying_secrets()),
+        source.token_header,
+        source.tolerance,
+        source.dedupe_header,
+        time.monotonic(),
+    )
 
-    Unknown slugs are cached too (as None). A new source or a changed limit is therefore
-    seen within LIMITS_TTL seconds; activation and secrets are always read fresh.
+
+@sa_event.listens_for(InboundSource, "after_insert")
+@sa_event.listens_for(InboundSource, "after_update")
+@sa_event.listens_for(InboundSource, "after_delete")
+def _forget_snapshots(_mapper: Any, _conn: Any, _target: InboundSource) -> None:
+    # A change made in this process is seen at once; other processes see it within
+    # RECHECK_AFTER (before refusing) or LIMITS_TTL (rate limits).
+    from flask import current_app, has_app_context
+
+    if has_app_context():
+        current_app.extensions.pop("cbdash_inbound_limits", None)
+
+
+def limits(slug: str, max_age: float = LIMITS_TTL) -> Limits | None:
+    """The source's snapshot (rate limit, activation, secrets), cached for ``max_age`` seconds.
+
+    Unknown slugs are cached too (as None). Refusals use a snapshot at most RECHECK_AFTER
+    seconds old (``receive`` reads it again first), so a rotated secret or a re-activated
+    source is never refused for longer than that; accepting always reads the row fresh.
     """
     from flask import current_app
 
@@ -585,13 +633,13 @@ def limits(slug: str) -> Limits | None:
     )
     now = time.monotonic()
     hit = cache.get(slug)
-    if hit is not None and hit[0] > now:
+    if hit is not None and hit[0] > now - max_age:
         return hit[1]
     source = find(slug)
-    value = None if source is None else Limits(source.id, source.rate_limit, source.rate_window)
+    value = None if source is None else _snapshot(source)
     if len(cache) >= _LIMITS_MAX:
         cache.clear()  # bounded: random slugs cannot grow it without limit
-    cache[slug] = (now + LIMITS_TTL, value)
+    cache[slug] = (now, value)
     return value
 
 
@@ -687,26 +735,105 @@ def throttled_today(source_ids: list[int]) -> dict[int, int]:
     return {i: int(v or 0) + local[i] for i, v in zip(source_ids, values, strict=True)}
 
 
-def throttled_since(source_ids: list[int], since: datetime, now: datetime | None = None) -> dict[int, int]:
-    """Requests answered 429 per source from the hour holding ``since`` (UTC) until now.
+REFUSALS_STORED = 30  # refusals kept (with the debugger) per source per minute in each process
 
-    Counted per hour in Redis (kept 8 days), so a window is read to the whole hour it starts in.
+
+@dataclass
+class _RefusalBudget:
+    minute: int
+    stored: int = 0
+    pending: int = 0  # refused, not stored, not yet added to Redis's hourly count
+    flushed_at: float = 0.0
+
+
+def _refusals_key(source_id: int, at: float | None = None) -> str:
+    return f"cbdash:inbound:refused-h:{source_id}:{time.strftime('%Y%m%d%H', time.gmtime(at))}"
+
+
+def _budgets() -> dict[int, _RefusalBudget]:
+    from flask import current_app
+
+    return current_app.extensions.setdefault("cbdash_inbound_refusals", {})
+
+
+def _flush_refusals(source_id: int, budget: _RefusalBudget, now: float) -> None:
+    from ..queue import get_redis
+
+    count, budget.pending, budget.flushed_at = budget.pending, 0, now
+    if not count:
+        return
+    log.warning("inbound: %d more refusals for source %d counted, not stored", count, source_id)
+    try:
+        with get_redis().pipeline(transaction=False) as pipe:
+            pipe.incrby(_refusals_key(source_id, now), count)
+            pipe.expire(_refusals_key(source_id, now), THROTTLED_HOURS_KEPT * 3600)
+            pipe.execute()
+    except Exception:  # noqa: BLE001 - the count is informational; the answer must not fail
+        pass
+
+
+def _store_refusal(source_id: int, now: float | None = None) -> bool:
+    """True while this minute's budget of stored refusals lasts; past it the refusal is only counted.
+
+    A flood of bad signatures then costs no database write, no log line and no debugger
+    per request: the first REFUSALS_STORED a minute are kept in full, the rest counted.
+    """
+    now = time.time() if now is None else now
+    minute = int(now // 60)
+    budgets = _budgets()
+    budget = budgets.get(source_id)
+    if budget is None or budget.minute != minute:
+        if budget is not None:
+            _flush_refusals(source_id, budget, now)
+        budget = budgets[source_id] = _RefusalBudget(minute, flushed_at=now)
+    if budget.stored < REFUSALS_STORED:
+        budget.stored += 1
+        return True
+    budget.pending += 1
+    if now - budget.flushed_at >= FLUSH_EVERY:
+        _flush_refusals(source_id, budget, now)
+    return False
+
+
+def unstored_refusals_since(
+    source_ids: list[int], since: datetime, now: datetime | None = None
+) -> dict[int, int]:
+    """Refusals past the per-minute budget (counted in Redis per hour, not stored) per source."""
+    budgets = _budgets()
+    local = {i: budgets[i].pending if i in budgets else 0 for i in source_ids}
+    return _hourly_counts(_refusals_key, source_ids, since, now, local)
+
+
+def throttled_since(source_ids: list[int], since: datetime, now: datetime | None = None) -> dict[int, int]:
+    """Requests answered 429 per source from the hour holding ``since`` (UTC) until now."""
+    memos = _exhausted()
+    local = {i: memos[i].pending if i in memos else 0 for i in source_ids}
+    return _hourly_counts(_throttled_hour_key, source_ids, since, now, local)
+
+
+def _hourly_counts(
+    key: Callable[[int, float], str],
+    source_ids: list[int],
+    since: datetime,
+    now: datetime | None,
+    local: dict[int, int],
+) -> dict[int, int]:
+    """Sum of hourly Redis counters (kept 8 days) from the hour holding ``since``, plus ``local``.
+
+    A window is therefore read to the whole hour it starts in.
     """
     from ..queue import get_redis
 
-    result = dict.fromkeys(source_ids, 0)
+    result = dict(local)  # counted in this process, not yet in Redis
     if not source_ids:
         return result
-    memos = _exhausted()
-    for i in source_ids:
-        result[i] += memos[i].pending if i in memos else 0  # answered here, not yet in Redis
     end = (now or utcnow()).replace(tzinfo=UTC).timestamp()
     hour = since.replace(minute=0, second=0, microsecond=0, tzinfo=UTC).timestamp()
     stamps = []
     while hour <= end and len(stamps) <= THROTTLED_HOURS_KEPT:
         stamps.append(hour)
         hour += 3600
-    keys = [(i, _throttled_hour_key(i, at)) for i in source_ids for at in stamps]
+    keys = [(i, key(i, at)) for i in source_ids for at in stamps]
     try:
         values = get_redis().mget([k for _, k in keys])
     except Exception:  # noqa: BLE001 - the figure is informational; the page must still show
@@ -740,7 +867,7 @@ def _configured(source: InboundSource) -> Reply:
 
 
 def _refuse(
-    source: InboundSource,
+    source: InboundSource | Limits,
     status: int,
     reason: str,
     detail: str,
@@ -771,7 +898,9 @@ def _refuse(
     return msg
 
 
-def _provider_id(source: InboundSource, headers: Mapping[str, str], payload: Any = None) -> str | None:
+def _provider_id(
+    source: InboundSource | Limits, headers: Mapping[str, str], payload: Any = None
+) -> str | None:
     """The provider's event id: a header's value, or a field of the verified JSON body (``json:id``)."""
     spec = source.dedupe_header
     if not spec:
@@ -817,6 +946,21 @@ def _duplicate(
     return reply
 
 
+def _verify(
+    snap: Limits, headers: Mapping[str, str], body: bytes, now: float | None, explain: bool = True
+) -> Verdict:
+    return verify(
+        snap.preset,
+        list(snap.keys),
+        headers,
+        body,
+        token_header=snap.token_header,
+        tolerance=snap.tolerance,
+        now=now,
+        explain=explain,
+    )
+
+
 def find(slug: str) -> InboundSource | None:
     if not SLUG_RE.match(slug):
         return None
@@ -832,12 +976,12 @@ def receive(
 ) -> Reply:
     """Handle one POST to ``/hooks/<slug>``; ``read_body(limit)`` gives the raw bytes or None when over."""
     started = time.perf_counter()
-    limit_info = limits(slug)
-    if limit_info is None:
+    snap = limits(slug)
+    if snap is None:
         log.warning("inbound: POST to unknown slug %r from %s", slug[:40], remote_addr)
         return _error(404, "not_found", "There is no inbound webhook at this address.")
     # Rate limit first: a flood is answered from Redis alone, before any database work.
-    wait = throttle(limit_info, now)
+    wait = throttle(snap, now)
     if wait:
         return _error(
             429,
@@ -846,43 +990,72 @@ def receive(
             headers={"Retry-After": str(wait)},
             outcome="throttled",
         )
-    source = find(slug)
-    if source is None:  # deleted within the cache's lifetime
-        return _error(404, "not_found", "There is no inbound webhook at this address.")
-    if not source.active:
+    # Refusals are decided on the cached snapshot (read again when over a second old), so a
+    # flood of bad signatures costs no query; only what is accepted reads the row fresh.
+    if not snap.active:
+        snap = limits(slug, RECHECK_AFTER)
+        if snap is None:
+            return _error(404, "not_found", "There is no inbound webhook at this address.")
+    if not snap.active:
         # Answer like an unknown slug (nothing to learn from probing), but tell the admins.
-        _refuse(source, 404, Reason.INACTIVE, "The source is inactive.", headers, remote_addr)
+        if _store_refusal(snap.source_id, now):
+            _refuse(snap, 404, Reason.INACTIVE, "The source is inactive.", headers, remote_addr)
         return _error(404, "not_found", "There is no inbound webhook at this address.")
     limit = settings.current().payload_limit
     body = read_body(limit)
     if body is None:
-        _refuse(source, 413, Reason.TOO_LARGE, f"The body is over {limit} bytes.", headers, remote_addr)
+        if _store_refusal(snap.source_id, now):
+            _refuse(snap, 413, Reason.TOO_LARGE, f"The body is over {limit} bytes.", headers, remote_addr)
         return _error(413, "payload_too_large", f"The body is over {limit} bytes.")
-    verdict = verify(
-        source.preset,
-        source.verifying_secrets(),
-        headers,
-        body,
-        token_header=source.token_header,
-        tolerance=source.tolerance,
-        now=now,
-    )
+    verdict = _verify(snap, headers, body, now, explain=False)
+    if not verdict.ok:
+        fresh = limits(slug, RECHECK_AFTER)
+        if fresh is not None and fresh is not snap:
+            snap, verdict = fresh, _verify(fresh, headers, body, now, explain=False)
     verified = time.perf_counter()
     if not verdict.ok:
-        msg = _refuse(
-            source,
-            401,
-            verdict.reason or Reason.BAD_SIGNATURE,
-            verdict.message,
-            headers,
-            remote_addr,
-            body,
-            len(body),
-            verdict.debug,
-        )
         reply = _error(401, verdict.reason or "unauthorized", verdict.message)
-        reply.message_id, reply.outcome = msg.id, Outcome.REFUSED
+        reply.outcome = Outcome.REFUSED
+        if _store_refusal(snap.source_id, now):
+            if verdict.reason == Reason.BAD_SIGNATURE:
+                verdict = _verify(snap, headers, body, now)  # again, with the debugger's hint
+            msg = _refuse(
+                snap,
+                401,
+                verdict.reason or Reason.BAD_SIGNATURE,
+                verdict.message,
+                headers,
+                remote_addr,
+                body,
+                len(body),
+                verdict.debug,
+            )
+            reply.message_id = msg.id
         return reply
+
+    source = find(slug)
+    if source is None:  # deleted within the snapshot's life
+        return _error(404, "not_found", "There is no inbound webhook at this address.")
+    if not source.active:  # deactivated in another process within the snapshot's life
+        _refuse(source, 404, Reason.INACTIVE, "The source is inactive.", headers, remote_addr)
+        return _error(404, "not_found", "There is no inbound webhook at this address.")
+    if tuple(source.verifying_secrets()) != snap.keys:
+        verdict = _verify(_snapshot(source), headers, body, now)  # a secret changed meanwhile
+        if not verdict.ok:
+            msg = _refuse(
+                source,
+                401,
+                verdict.reason or Reason.BAD_SIGNATURE,
+                verdict.message,
+                headers,
+                remote_addr,
+                body,
+                len(body),
+                verdict.debug,
+            )
+            reply = _error(401, verdict.reason or "unauthorized", verdict.message)
+            reply.message_id, reply.outcome = msg.id, Outcome.REFUSED
+            return reply
 
     payload, is_text = parse_payload(body)
     provider_id = _provider_id(source, headers, None if is_text else payload)
@@ -1199,6 +1372,8 @@ def activity(since: datetime, limit: int = 50) -> Activity:
     )
     ids = [s.id for s in sources]
     counts = outcome_counts(ids, since)
+    for source_id, n in unstored_refusals_since(ids, since).items():
+        counts[source_id][Outcome.REFUSED] += n  # past the per-minute budget: counted, not stored
     throttled = throttled_since(ids, since)
     return Activity([SourceActivity(s, counts[s.id], throttled[s.id]) for s in sources], total)
 
