@@ -232,7 +232,8 @@ def bench_app() -> Flask:
     @bp.post(ECHO_PATH)
     def echo():  # type: ignore[no-untyped-def]
         data = request.get_json(silent=True)
-        return jsonify({"ok": True, "fields": len(data) if isinstance(data, dict) else 0})
+        # The pid lets the bench spread its connections over the web workers.
+        return jsonify({"ok": True, "fields": len(data) if isinstance(data, dict) else 0, "pid": os.getpid()})
 
     csrf.exempt(bp)
     app.register_blueprint(bp)
@@ -265,6 +266,33 @@ class Client:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def balanced_clients(port: int, token: str, count: int, web_workers: int) -> list[Client]:
+    """``count`` keep-alive connections spread evenly over the gunicorn workers.
+
+    Which worker accepts a connection is up to the kernel, and a handful of
+    keep-alive connections often all land on one process, which then serves
+    everything on one core while the other idles: a run-to-run swing of almost 2×.
+    A load balancer in front of several workers spreads them; so does the bench.
+    """
+    per_worker = -(-count // web_workers)
+    by_pid: dict[int, list[Client]] = {}
+    spare: list[Client] = []
+    for _ in range(count * 20):
+        if sum(len(v) for v in by_pid.values()) >= count:
+            break
+        client = Client(port, token)
+        status, data = client.post(ECHO_PATH, b"{}")
+        pid = json.loads(data).get("pid", 0) if status == 200 else 0
+        group = by_pid.setdefault(pid, [])
+        (group if len(group) < per_worker else spare).append(client)
+    clients = [c for group in by_pid.values() for c in group]
+    for client in spare:
+        client.close()
+    while len(clients) < count:  # the kernel kept choosing one worker: accept the imbalance
+        clients.append(Client(port, token))
+    return clients[:count]
 
 
 def _run_parallel(clients: list[Client], jobs: list[tuple[str, bytes]]) -> tuple[float, list[str]]:
@@ -568,7 +596,7 @@ def measure_delivery(
     body = json.dumps(
         {"definition": DELIVERY_DEF, "payload": {"order_id": "ord_1", "total": "9.99"}}
     ).encode()
-    clients = [Client(services.port, token) for _ in range(options.clients)]
+    clients = balanced_clients(services.port, token, options.clients, options.web_workers)
     problems: list[str] = []
     with app.app_context():
         # The end is when the last outcome was recorded (its finished_at), not when a poll
@@ -626,7 +654,7 @@ def measure_ingestion(services: Services, token: str, options: Options) -> tuple
     # Short alternating rounds (ABBA…): load from other processes drifts, and both
     # endpoints then see the same average machine.
     per_round = max(options.requests // INGEST_ROUNDS, 1)
-    clients = [Client(services.port, token) for _ in range(options.clients * 2)]
+    clients = balanced_clients(services.port, token, options.clients * 2, options.web_workers)
     times = {"events": 0.0, "trivial": 0.0}
     problems: list[str] = []
     order = (("trivial", ECHO_PATH), ("events", "/api/v1/events"))
