@@ -12,6 +12,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 DEFAULT_RETRY_SCHEDULE = "5,300,1800,7200,18000,36000,36000"
 
 # name -> (default, parser, help).  README's settings table mirrors this.
@@ -79,8 +81,15 @@ def load(app_config: dict[str, Any], instance_path: Path, overrides: dict[str, A
         app_config["DATABASE_URL"] = f"sqlite:///{instance_path / 'cbdash.sqlite3'}"
     app_config["SQLALCHEMY_DATABASE_URI"] = _normalise_db_url(app_config["DATABASE_URL"])
     if app_config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
-        # Web threads and the reconciler share the file: wait for locks instead of failing.
-        app_config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"connect_args": {"timeout": 30}})
+        # Web threads and the reconciler share the file: wait for locks instead of failing,
+        # and take turns through the write gate rather than SQLite's sleeping retries.
+        connect_args: dict[str, Any] = {"timeout": 30}
+        database = make_url(app_config["SQLALCHEMY_DATABASE_URI"]).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            from .sqlite_gate import connection_factory
+
+            connect_args["factory"] = connection_factory(database)
+        app_config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"connect_args": connect_args})
     else:
         app_config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
     if not app_config.get("SECRET_KEY"):

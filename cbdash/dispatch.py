@@ -2,6 +2,12 @@
 
 Enqueueing never fails a request: if Redis is unreachable the deliveries stay
 pending in the database and the reconciler enqueues them when Redis is back.
+
+The API's hot path does not build RQ jobs itself: ``ring`` appends the new
+delivery ids to a ready list in one Redis command, and a dispatcher thread in
+every worker (``drain_ready``) turns whatever has gathered there into RQ jobs of
+up to ``READY_JOB_SIZE`` deliveries. Building a job costs the web process more
+than writing the event; on the worker, one job then carries many events.
 """
 
 from __future__ import annotations
@@ -10,16 +16,88 @@ import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
+from flask import current_app
 from sqlalchemy import select, update
 
 from .constants import DeliveryStatus
 from .extensions import db
 from .models import Callback, Delivery, utcnow
-from .queue import get_queue
+from .queue import get_queue, get_redis
 
 log = logging.getLogger(__name__)
 BATCH = 20
 JOB_MARGIN = 30  # seconds of bookkeeping on top of the HTTP timeouts in a job
+READY_JOB_SIZE = 50  # deliveries per job made from the ready list (the worker's batch limit)
+READY_TAKE = 200  # ready-list entries a dispatcher takes at once
+
+
+def ready_key(queue_name: str) -> str:
+    """The Redis list where the API leaves committed delivery ids for the workers' dispatchers."""
+    return f"cbdash:ready:{queue_name}"
+
+
+def ring(ids: list[int]) -> bool:
+    """Hand committed, stamped deliveries to the workers' dispatchers in one Redis command.
+
+    False (logged, stamps cleared for the reconciler) when Redis is unreachable.
+    """
+    if not ids:
+        return True
+    try:
+        get_redis().rpush(ready_key(current_app.config["QUEUE_NAME"]), ",".join(map(str, ids)))
+    except Exception as exc:  # noqa: BLE001 - Redis down must not lose the request
+        log.warning("could not hand %d deliveries over (%s); the reconciler will", len(ids), exc)
+        _clear_stamps(ids)
+        return False
+    return True
+
+
+def parse_ready(entry: bytes | str) -> list[int]:
+    """The delivery ids of a ready-list entry; none for a malformed one."""
+    text = entry.decode() if isinstance(entry, bytes) else entry
+    try:
+        return [int(i) for i in text.split(",") if i]
+    except ValueError:
+        log.warning("ignored a malformed ready-list entry %r (the reconciler will)", text[:80])
+        return []
+
+
+def drain_ready(block: float = 0.0) -> int:
+    """Turn the ready list's entries into RQ jobs (waiting up to ``block`` s for one); deliveries queued.
+
+    Should this process die between taking entries and queueing them, their
+    deliveries are still pending in the database and the reconciler queues them.
+    """
+    queue = get_queue()
+    conn = queue.connection
+    key = ready_key(queue.name)
+    entries: list[bytes] = []
+    if block > 0:
+        got = conn.blpop([key], timeout=block)
+        if got is None:
+            return 0
+        entries.append(got[1])
+    with conn.pipeline() as pipe:  # MULTI: no two dispatchers take the same entries
+        pipe.lrange(key, 0, READY_TAKE - 1)
+        pipe.ltrim(key, READY_TAKE, -1)
+        taken, _ = pipe.execute()
+    entries.extend(taken)
+    ids = list(dict.fromkeys(i for entry in entries for i in parse_ready(entry)))
+    if not ids:
+        return 0
+    enqueue(ids, stamped=True, size=READY_JOB_SIZE)
+    return len(ids)
+
+
+def _clear_stamps(ids: list[int]) -> None:
+    """Let the reconciler queue these deliveries without waiting for the requeue delay."""
+    db.session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(ids), Delivery.status == DeliveryStatus.PENDING)
+        .values(enqueued_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
 
 
 def _timeouts(ids: list[int]) -> dict[int, int]:
@@ -37,13 +115,15 @@ def enqueue(
     at_front: bool = False,
     timeouts: dict[int, int] | None = None,
     stamped: bool = False,
+    size: int = BATCH,
 ) -> bool:
     """Queue deliveries by id in batches; False (logged) when Redis is unreachable.
 
     ``timeouts`` (delivery id -> HTTP timeout) spares a query when the caller knows
     them; ``stamped`` means the rows were committed with ``enqueued_at`` already set
     (the API's hot path), so only a failure needs a write: clearing the stamp lets
-    the reconciler queue them without waiting for the requeue delay.
+    the reconciler queue them without waiting for the requeue delay. ``size`` is
+    the most deliveries per job.
     """
     from .jobs import deliver
 
@@ -54,8 +134,8 @@ def enqueue(
     try:
         queue = get_queue()
         with queue.connection.pipeline() as pipe:
-            for start in range(0, len(ids), BATCH):
-                chunk = ids[start : start + BATCH]
+            for start in range(0, len(ids), size):
+                chunk = ids[start : start + size]
                 # RQ's job timeout is derived from the HTTP timeouts, never shorter.
                 job_timeout = sum(timeouts.get(i, 30) for i in chunk) + JOB_MARGIN
                 queue.enqueue(
@@ -71,13 +151,7 @@ def enqueue(
     except Exception as exc:  # noqa: BLE001 - Redis down must not lose the request
         log.warning("could not enqueue %d deliveries (%s); the reconciler will", len(ids), exc)
         if stamped:
-            db.session.execute(
-                update(Delivery)
-                .where(Delivery.id.in_(ids), Delivery.status == DeliveryStatus.PENDING)
-                .values(enqueued_at=None)
-                .execution_options(synchronize_session=False)
-            )
-            db.session.commit()
+            _clear_stamps(ids)
         return False
     if not stamped:
         db.session.execute(
@@ -127,7 +201,6 @@ def schedule_many(delivery_ids: list[int], when: datetime, timeout: int) -> bool
 
 def enqueue_alert(callback_id: int) -> bool:
     """Queue the alert webhook for an auto-disabled callback, when ``CBDASH_ALERT_URL`` is set."""
-    from flask import current_app
     from rq import Retry
 
     from .jobs import send_alert

@@ -6,6 +6,9 @@ scheduled jobs. The reconciler runs on one worker at a time (a Redis lock).
 
 Recovery bounds, with the defaults (all read from the app config):
 
+- deliveries the API handed to the ready list: every worker's dispatcher
+  thread turns them into RQ jobs at once; ones a dying dispatcher had taken are
+  re-enqueued by the reconciler as below;
 - a worker killed mid-attempt: its claim is a lease of ``CLAIM_LEASE`` (30 s)
   that a keeper thread renews every third of it while the attempt runs, so the
   reconciler (every ``RECONCILE_INTERVAL``, 2 s) hands the delivery to another
@@ -216,6 +219,28 @@ def _reconciler_loop(app: Flask, stop: threading.Event, interval: float, owner: 
         reconcile_once(app)
 
 
+def _dispatcher_loop(app: Flask, stop: threading.Event) -> None:
+    """Turn the API's ready list into RQ jobs as entries arrive (see ``dispatch.ring``)."""
+    from . import dispatch
+
+    while not stop.is_set():
+        with app.app_context():
+            try:
+                dispatch.drain_ready(block=1.0)
+            except Exception:  # noqa: BLE001 - Redis or DB blip: the reconciler covers what was taken
+                log.exception("dispatcher pass failed")
+                stop.wait(1.0)
+
+
+def drain_all_ready(app: Flask) -> None:
+    """Queue everything on the ready list now (burst workers, before they look at the queue)."""
+    from . import dispatch
+
+    with app.app_context():
+        while dispatch.drain_ready():
+            pass
+
+
 def _lease_loop(app: Flask, stop: threading.Event, interval: float) -> None:
     """Extend the claims of the deliveries this process is sending, so they outlive a slow receiver."""
     from .services import delivery
@@ -242,7 +267,12 @@ def run(app: Flask, *, burst: bool = False, name: str | None = None) -> None:
         threading.Thread(target=_lease_loop, args=(app, stop, lease / 3), daemon=True, name="cbdash-leases")
     ]
     reconcile_once(app)
-    if not burst:
+    if burst:
+        drain_all_ready(app)
+    else:
+        threads.append(
+            threading.Thread(target=_dispatcher_loop, args=(app, stop), daemon=True, name="cbdash-dispatcher")
+        )
         interval = float(app.config.get("RECONCILE_INTERVAL", 2.0))
         threads.append(
             threading.Thread(

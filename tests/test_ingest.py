@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import timedelta
 
 import redis
@@ -11,9 +12,10 @@ from sqlalchemy import func, select
 from cbdash import dispatch
 from cbdash.extensions import db
 from cbdash.models import Delivery, Event, utcnow
-from cbdash.queue import get_queue
+from cbdash.queue import get_queue, get_redis
 from cbdash.services import callbacks, delivery
-from tests.conftest import make_callback
+from cbdash.worker import drain_all_ready
+from tests.conftest import make_callback, run_worker
 
 
 def _post(client, auth, definition="order.created", payload=None, headers=None):  # type: ignore[no-untyped-def]
@@ -48,9 +50,40 @@ def test_event_fans_out_to_active_callbacks_and_is_queued_once_committed(app, cl
     assert all(d.enqueued_at is not None and d.next_attempt_at is not None for d in rows)
     assert len({d.webhook_id for d in rows}) == 2 and all(d.webhook_id.startswith("msg_") for d in rows)
 
+    # Handed to the workers in one Redis command; a worker's dispatcher makes the job.
+    assert get_queue(app).count == 0
+    ready = get_redis(app).lrange(dispatch.ready_key(get_queue(app).name), 0, -1)
+    assert len(ready) == 1
+    assert dispatch.parse_ready(ready[0]) == data["delivery_ids"]
+    drain_all_ready(app)
     (job,) = get_queue(app).get_jobs()
     assert job.args == (data["delivery_ids"],)
     assert job.timeout >= 7 + 3  # derived from the callbacks' timeouts, never shorter
+
+
+def test_events_arriving_together_become_one_job_of_many_deliveries(app, client, auth, receiver):
+    ids = [make_callback(receiver.url(f"/{n}")).id for n in range(3)]
+    sent = [_post(client, auth).get_json()["delivery_ids"] for _ in range(20)]
+    assert len(get_redis(app).lrange(dispatch.ready_key(get_queue(app).name), 0, -1)) == 20
+    drain_all_ready(app)
+    jobs = get_queue(app).get_jobs()
+    flat = [d for event in sent for d in event]
+    assert [list(j.args[0]) for j in jobs] == [flat[:50], flat[50:]]  # jobs of up to 50, in order
+    run_worker(app)
+    statuses = db.session.execute(select(Delivery.callback_id, Delivery.status)).all()
+    assert len(statuses) == 60 and {s for _cb, s in statuses} == {"succeeded"}
+    assert {cb for cb, _s in statuses} == set(ids)
+    assert len(receiver.requests) == 60
+
+
+def test_a_malformed_ready_entry_is_skipped_and_the_rest_queued(app, client, auth, receiver):
+    make_callback(receiver.url())
+    key = dispatch.ready_key(get_queue(app).name)
+    get_redis(app).rpush(key, b"garbage|x:y")
+    (delivery_id,) = _post(client, auth).get_json()["delivery_ids"]
+    drain_all_ready(app)
+    (job,) = get_queue(app).get_jobs()
+    assert job.args == ([delivery_id],)
 
 
 def test_event_without_active_callbacks_is_stored_with_no_deliveries(app, client, auth):
@@ -71,7 +104,7 @@ def test_a_repeated_idempotency_key_returns_the_first_result(app, client, auth, 
     assert again.get_json()["delivery_ids"] == first.get_json()["delivery_ids"]
     assert again.get_json()["event_id"] == first.get_json()["event_id"]
     assert db.session.scalar(select(func.count()).select_from(Delivery)) == 1
-    assert get_queue(app).count == 1
+    assert len(get_redis(app).lrange(dispatch.ready_key(get_queue(app).name), 0, -1)) == 1
 
 
 def test_with_redis_down_the_event_is_accepted_and_left_for_the_reconciler(
@@ -83,6 +116,7 @@ def test_with_redis_down_the_event_is_accepted_and_left_for_the_reconciler(
         raise redis.ConnectionError("Connection refused")
 
     monkeypatch.setattr(dispatch, "get_queue", unreachable)
+    monkeypatch.setattr(dispatch, "get_redis", unreachable)
     response = _post(client, auth)
     assert response.status_code == 202
     (delivery_id,) = response.get_json()["delivery_ids"]
@@ -93,3 +127,44 @@ def test_with_redis_down_the_event_is_accepted_and_left_for_the_reconciler(
     later = utcnow() + timedelta(seconds=11)
     lost = delivery.overdue(later, due_grace=timedelta(seconds=10), requeue_after=timedelta(seconds=60))
     assert lost == [delivery_id]
+
+
+def test_concurrent_events_are_written_together_each_with_its_own_deliveries(app, auth, receiver):
+    """Requests arriving at once share a transaction (group commit); each answer is its own."""
+    ids = [make_callback(receiver.url(f"/{n}")).id for n in range(3)]
+    db.session.commit()
+    answers: list[dict] = []
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def post(n: int) -> None:
+        with app.test_client() as client:
+            start.wait(timeout=10)
+            for k in range(5):
+                response = _post(client, auth, payload={"n": n, "k": k})
+                assert response.status_code == 202, response.data
+                with lock:
+                    answers.append({**response.get_json(), "n": n, "k": k})
+
+    threads = [threading.Thread(target=post, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(answers) == 40
+    db.session.expire_all()
+    events = {e.uid: e for e in db.session.scalars(select(Event))}
+    assert len(events) == 40
+    seen: set[int] = set()
+    for answer in answers:
+        event = events[answer["event_id"]]
+        assert json.loads(event.body)["data"] == {"n": answer["n"], "k": answer["k"]}
+        rows = db.session.scalars(select(Delivery).where(Delivery.id.in_(answer["delivery_ids"]))).all()
+        assert sorted(r.callback_id for r in rows) == sorted(ids)
+        assert {r.event_id for r in rows} == {event.id}
+        seen.update(answer["delivery_ids"])
+    assert len(seen) == 120  # no delivery answered to two requests
+    webhook_ids = db.session.scalars(select(Delivery.webhook_id)).all()
+    assert len(set(webhook_ids)) == 120 and all(len(w) <= 40 for w in webhook_ids)
+    drain_all_ready(app)
+    assert sorted(d for job in get_queue(app).get_jobs() for d in job.args[0]) == sorted(seen)

@@ -192,6 +192,7 @@ def test_redis_down_at_trigger_time_loses_nothing(app, client, auth, receiver, m
         raise ConnectionError("Redis is down")
 
     monkeypatch.setattr(dispatch, "get_queue", broken)
+    monkeypatch.setattr(dispatch, "get_redis", broken)
     response = client.post(
         "/api/v1/events", json={"definition": "order.created", "payload": {}}, headers=auth
     )

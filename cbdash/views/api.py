@@ -143,13 +143,17 @@ def create_event():  # type: ignore[no-untyped-def]
     if "payload" not in data:
         raise ApiError(400, "invalid_field", "payload is required.", {"payload": "Required."})
     key = request.headers.get("Idempotency-Key")
-    if key is not None:
-        key = key.strip()
-        if not key or len(key) > 255:
-            raise ApiError(400, "invalid_header", "Idempotency-Key must be 1–255 characters.")
-        existing = db.session.scalar(select(Event).where(Event.idempotency_key == key))
-        if existing is not None:
-            return jsonify({**_event_response(existing), "idempotent_replay": True}), 202
+    if key is None:
+        # The hot path: committed and queued together with events arriving at the same time.
+        new = ingest.submit(definition, data["payload"])
+        return jsonify({"event_id": new.uid, "definition": definition, "delivery_ids": new.delivery_ids}), 202
+    key = key.strip()
+    if not key or len(key) > 255:
+        raise ApiError(400, "invalid_header", "Idempotency-Key must be 1–255 characters.")
+    existing = db.session.scalar(select(Event).where(Event.idempotency_key == key))
+    if existing is not None:
+        return jsonify({**_event_response(existing), "idempotent_replay": True}), 202
+    # A key is unique in the database: written alone, so a clash fails only this request.
     new = ingest.record_event(definition, data["payload"], idempotency_key=key)
     try:
         db.session.commit()
@@ -159,8 +163,8 @@ def create_event():  # type: ignore[no-untyped-def]
         if existing is None:
             raise
         return jsonify({**_event_response(existing), "idempotent_replay": True}), 202
-    # Written with enqueued_at set (one commit); the hot path of ingestion.
-    dispatch.enqueue(new.delivery_ids, timeouts=new.timeouts, stamped=True)
+    # Written with enqueued_at set (one commit).
+    dispatch.ring(new.delivery_ids)
     return jsonify({"event_id": new.uid, "definition": definition, "delivery_ids": new.delivery_ids}), 202
 
 
