@@ -3,9 +3,10 @@
 The rows of ``delivery.create_event`` (an event with its exact body, one pending
 delivery per active callback of the definition), written without the ORM's unit
 of work, which costs several milliseconds for an event fanned out to ten
-callbacks, and with the fan-out done by the database (``_fan_out``). The deliveries are stamped as queued in the same transaction, so
-handing them to the workers after the commit needs no second write; if Redis
-then refuses, ``dispatch.ring`` clears the stamp and the reconciler queues them.
+callbacks, and with the fan-out done by the database (``_fan_out``). The
+deliveries are stamped as queued in the same transaction, so handing them to
+the workers after the commit needs no second write; if Redis then refuses,
+``dispatch.ring`` clears the stamp and the reconciler queues them.
 
 Events that arrive together are written together (``GroupCommit``): the
 statements, the commit and the enqueue cost about the same for one event as for
