@@ -12,11 +12,15 @@ than writing the event; on the worker, one job then carries many events.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from flask import current_app
+from flask import Flask, current_app
 from sqlalchemy import select, update
 
 from .constants import DeliveryStatus
@@ -52,6 +56,70 @@ def ring(ids: list[int]) -> bool:
     return True
 
 
+class Ringer:
+    """One thread per web process that hands committed deliveries to Redis, off the request path.
+
+    A request only appends its delivery ids here; the thread pushes whatever has
+    gathered in one RPUSH. Should the process die in between, the deliveries are
+    committed and stamped, and the reconciler queues them after its requeue delay.
+    """
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self._lock = threading.Lock()
+        self._pending: list[int] = []
+        self._wake = threading.Event()
+        self._flushing = threading.Lock()  # a flush waits for one under way: then all is handed over
+        self._pid = 0
+
+    def add(self, ids: list[int]) -> None:
+        with self._lock:
+            self._pending.extend(ids)
+            if self._pid != os.getpid():  # first use in this process (or a forked child)
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, daemon=True, name="cbdash-ringer").start()
+                atexit.register(self.flush)
+            self._wake.set()
+
+    def flush(self) -> None:
+        """Push what is pending now, in the calling thread (after any push under way)."""
+        with self._flushing:
+            with self._lock:
+                ids, self._pending = self._pending, []
+                self._wake.clear()
+            if ids:
+                with self.app.app_context():
+                    try:
+                        ring(ids)
+                    except Exception:  # noqa: BLE001 - stamps stay: the reconciler queues them later
+                        log.exception("could not hand %d deliveries over", len(ids))
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self.flush()
+
+
+def ring_soon(ids: list[int]) -> None:
+    """Hand committed, stamped deliveries to the workers without waiting for Redis (see ``Ringer``)."""
+    if ids:
+        _ringer(current_app._get_current_object()).add(ids)  # type: ignore[attr-defined]
+
+
+def flush_rings(app: Flask) -> None:
+    """Push this process's pending hand-overs now (burst workers and tests, before reading the list)."""
+    ringer = app.extensions.get("cbdash_ringer")
+    if ringer is not None:
+        ringer.flush()
+
+
+def _ringer(app: Flask) -> Ringer:
+    ringer = app.extensions.get("cbdash_ringer")
+    if ringer is None:
+        ringer = app.extensions.setdefault("cbdash_ringer", Ringer(app))
+    return ringer
+
+
 def parse_ready(entry: bytes | str) -> list[int]:
     """The delivery ids of a ready-list entry; none for a malformed one."""
     text = entry.decode() if isinstance(entry, bytes) else entry
@@ -62,8 +130,16 @@ def parse_ready(entry: bytes | str) -> list[int]:
         return []
 
 
-def drain_ready(block: float = 0.0) -> int:
-    """Turn the ready list's entries into RQ jobs (waiting up to ``block`` s for one); deliveries queued.
+@dataclass(frozen=True)
+class Drained:
+    """What one pass over the ready list did."""
+
+    queued: int  # deliveries turned into jobs
+    backlog: int  # jobs that were already waiting in the queue: the workers are busy
+
+
+def drain_ready(block: float = 0.0) -> Drained:
+    """Turn the ready list's entries into RQ jobs (waiting up to ``block`` s for one).
 
     Should this process die between taking entries and queueing them, their
     deliveries are still pending in the database and the reconciler queues them.
@@ -75,18 +151,18 @@ def drain_ready(block: float = 0.0) -> int:
     if block > 0:
         got = conn.blpop([key], timeout=block)
         if got is None:
-            return 0
+            return Drained(0, 0)
         entries.append(got[1])
     with conn.pipeline() as pipe:  # MULTI: no two dispatchers take the same entries
         pipe.lrange(key, 0, READY_TAKE - 1)
         pipe.ltrim(key, READY_TAKE, -1)
-        taken, _ = pipe.execute()
+        pipe.llen(queue.key)
+        taken, _, backlog = pipe.execute()
     entries.extend(taken)
     ids = list(dict.fromkeys(i for entry in entries for i in parse_ready(entry)))
-    if not ids:
-        return 0
-    enqueue(ids, stamped=True, size=READY_JOB_SIZE)
-    return len(ids)
+    if ids:
+        enqueue(ids, stamped=True, size=READY_JOB_SIZE)
+    return Drained(len(ids), int(backlog))
 
 
 def _clear_stamps(ids: list[int]) -> None:

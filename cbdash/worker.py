@@ -45,6 +45,7 @@ from .queue import get_queue, get_redis
 log = logging.getLogger(__name__)
 RECONCILER_LOCK = "cbdash:reconciler"
 DELIVER = "cbdash.jobs.deliver"
+DISPATCH_GATHER = 0.01  # seconds the dispatcher lets the ready list fill while workers are busy
 
 
 class _PreciseRegistry(ScheduledJobRegistry):
@@ -220,24 +221,34 @@ def _reconciler_loop(app: Flask, stop: threading.Event, interval: float, owner: 
 
 
 def _dispatcher_loop(app: Flask, stop: threading.Event) -> None:
-    """Turn the API's ready list into RQ jobs as entries arrive (see ``dispatch.ring``)."""
+    """Turn the API's ready list into RQ jobs as entries arrive (see ``dispatch.ring``).
+
+    With jobs already waiting in the queue the workers are busy: the next pass
+    waits ``DISPATCH_GATHER`` so that what arrives meanwhile makes one job, not
+    many (RQ's bookkeeping costs as much per job of one delivery as of fifty).
+    With idle workers, a delivery is queued the moment it is committed.
+    """
     from . import dispatch
 
     while not stop.is_set():
         with app.app_context():
             try:
-                dispatch.drain_ready(block=1.0)
+                drained = dispatch.drain_ready(block=1.0)
             except Exception:  # noqa: BLE001 - Redis or DB blip: the reconciler covers what was taken
                 log.exception("dispatcher pass failed")
                 stop.wait(1.0)
+                continue
+        if drained.backlog:
+            stop.wait(DISPATCH_GATHER)
 
 
 def drain_all_ready(app: Flask) -> None:
     """Queue everything on the ready list now (burst workers, before they look at the queue)."""
     from . import dispatch
 
+    dispatch.flush_rings(app)
     with app.app_context():
-        while dispatch.drain_ready():
+        while dispatch.drain_ready().queued:
             pass
 
 

@@ -25,9 +25,10 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from flask import Flask, current_app
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 
 from ..constants import DeliveryStatus
 from ..extensions import db
@@ -319,34 +320,109 @@ def record(items: list[Attempt], now: datetime) -> list[engine.Outcome]:
     return outcomes
 
 
+class _Row:
+    """A delivery or callback row as plain attributes, for ``engine.finish`` to change in place.
+
+    The engine's rules are written against ORM objects; they only read and set
+    attributes, so they run unchanged on these, and what they changed is written
+    back with one executemany UPDATE per shape instead of the ORM's unit of work.
+    """
+
+    def __init__(self, mapping: dict[str, Any]) -> None:
+        self.__dict__.update(mapping)
+        self._loaded = dict(mapping)
+
+    def changes(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_loaded" and self._loaded.get(k, _UNSET) != v}
+
+
+_UNSET = object()
+_DELIVERY_COLUMNS = [
+    c
+    for c in Delivery.__table__.c
+    if c.name not in ("webhook_id", "event_id", "created_at", "redelivery_of_id")
+]
+_CALLBACK_COLUMNS = [
+    Callback.__table__.c[name]
+    for name in (
+        "id",
+        "definition",
+        "timeout",
+        "active",
+        "inactive_reason",
+        "disabled_at",
+        "retry_schedule",
+        "consecutive_failures",
+        "failing_since",
+        "last_attempt_at",
+        "last_status_code",
+        "last_error",
+    )
+]
+
+
+def _write_changes(table: Any, rows: list[_Row], where: Callable[[_Row], dict[str, Any]]) -> None:
+    """UPDATE what changed in ``rows``, one executemany per set of changed columns."""
+    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        changed = row.changes()
+        if changed:
+            shapes.setdefault(tuple(sorted(changed)), []).append({**changed, **where(row)})
+    conn = db.session.connection()
+    for columns, params in shapes.items():
+        conn.execute(_update_statement(table, columns), params)
+
+
+_UPDATES: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+
+def _update_statement(table: Any, columns: tuple[str, ...]) -> Any:
+    key = (table.name, columns)
+    stmt = _UPDATES.get(key)
+    if stmt is None:
+        stmt = update(table).where(table.c.id == bindparam("w_id"))
+        if table is Delivery.__table__:
+            # Still the attempt this worker claimed: a stalled worker's late write changes nothing.
+            stmt = stmt.where(
+                table.c.status == DeliveryStatus.SENDING.value,
+                table.c.attempt_count == bindparam("w_number"),
+            )
+        stmt = _UPDATES[key] = stmt.values({c: bindparam(c) for c in columns})
+    return stmt
+
+
 def _record_all(items: list[Attempt], now: datetime) -> list[engine.Outcome]:
     ids = [item.delivery_id for item in items]
-    rows = {
-        d.id: (d, cb)
-        for d, cb in db.session.execute(
-            select(Delivery, Callback)
-            .join(Callback, Callback.id == Delivery.callback_id)
-            .where(Delivery.id.in_(ids))
-            .execution_options(populate_existing=True)
-        ).all()
+    deliveries = {
+        r["id"]: _Row(dict(r))
+        for r in db.session.execute(select(*_DELIVERY_COLUMNS).where(Delivery.id.in_(ids))).mappings()
+    }
+    # Each callback once: a batch holds many deliveries of few callbacks.
+    callbacks = {
+        r["id"]: _Row(dict(r))
+        for r in db.session.execute(
+            select(*_CALLBACK_COLUMNS).where(Callback.id.in_({d.callback_id for d in deliveries.values()}))
+        ).mappings()
     }
     conn = db.session.connection()
+    session = db.session()
     attempts = []
     outcomes = []
+    finished: list[tuple[_Row, int]] = []
     for item in items:
         if item.result is None:
             continue  # the attempt could not be made (logged in _send)
-        if item.delivery_id not in rows:
+        d = deliveries.get(item.delivery_id)
+        cb = callbacks.get(d.callback_id) if d is not None else None
+        if d is None or cb is None:
             log.warning("delivery %s: its row or callback is gone; attempt not recorded", item.delivery_id)
             continue
-        d, cb = rows[item.delivery_id]
         attempts.append(
             engine.attempt_values(d.id, item.claim.attempt_number, item.result, item.headers, now)
         )
         # Still ours? A worker that stalled past its lease may have lost the delivery
         # to another: the attempt stays on record, the state is the other's to set.
         ours = (d.status, d.attempt_count) == (DeliveryStatus.SENDING, item.claim.attempt_number)
-        # Counted after the flush that settles the deliveries; with nothing to settle, now.
         monitoring.count_attempt(
             conn,
             d.callback_id,
@@ -354,15 +430,23 @@ def _record_all(items: list[Attempt], now: datetime) -> list[engine.Outcome]:
             item.result.duration_ms,
             item.result.status_code,
             item.result.error_class,
-            session=db.session() if ours else None,
+            session=session,
         )
         if not ours:
             log.warning("delivery %s: claim lost during the attempt; not updating it", d.id)
             continue
-        outcomes.append(engine.finish(d, cb, item.result, lateness=item.claim.lateness))
+        outcomes.append(engine.finish(d, cb, item.result, lateness=item.claim.lateness))  # type: ignore[arg-type]
+        monitoring.count_outcome(conn, d.callback_id, d.finished_at or now, d.status, session=session)
+        finished.append((d, item.claim.attempt_number))
     if attempts:
         # One multi-row insert instead of the ORM's one statement per attempt.
         conn.execute(_INSERT_ATTEMPTS, attempts)
+    numbers = {d.id: number for d, number in finished}
+    _write_changes(
+        Delivery.__table__, [d for d, _n in finished], lambda d: {"w_id": d.id, "w_number": numbers[d.id]}
+    )
+    _write_changes(Callback.__table__, list(callbacks.values()), lambda cb: {"w_id": cb.id})
+    monitoring.write_pending(session)
     return outcomes
 
 

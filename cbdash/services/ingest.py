@@ -222,7 +222,7 @@ class GroupCommit:
             return
         for waiting, result in zip(batch, results, strict=True):
             waiting.result = result
-        dispatch.ring([d for result in results for d in result.delivery_ids])
+        dispatch.ring_soon([d for result in results for d in result.delivery_ids])
 
 
 def submit(definition: str, payload: Any, *, source: str = "api") -> NewEvent:

@@ -193,40 +193,64 @@ def _upsert(
 # Counts from the ORM hooks below are summed per flush and written once, after it:
 # a batch of 20 attempts costs a few upserts instead of a dozen per attempt.
 _PENDING = "cbdash_pending_rollups"
+# What one count adds: the key of each rollup row it touches (resolution, callback,
+# bucket[, latency bucket]) and the values for all of them (increments, extremes).
+Scopes = list[tuple[Any, ...]]
+
+
+def _rows(key: Sequence[str], scopes: Scopes, values: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{**dict(zip(key, scope, strict=True)), **values} for scope in scopes]
 
 
 def _defer(
-    session: Session, table: Table, key: Sequence[str], rows: list[dict[str, Any]], increments: Sequence[str]
+    session: Session,
+    table: Table,
+    key: Sequence[str],
+    scopes: Scopes,
+    values: dict[str, Any],
+    increments: Sequence[str],
 ) -> None:
     pending = session.info.setdefault(_PENDING, {})
     group = pending.setdefault((table.name, tuple(key), tuple(increments)), {})
-    for row in rows:
-        row_key = tuple(row[k] for k in key)
-        have = group.get(row_key)
+    # Most increments of a count are zero (one failure reason, one outcome): add the rest.
+    added = [(c, values[c]) for c in increments if values[c]]
+    extremes = _EXTREMES.get(table.name, ())
+    for scope in scopes:
+        have = group.get(scope)
         if have is None:
-            group[row_key] = dict(row)
-        else:
-            for c in increments:
-                have[c] += row[c]
-            for column, kind in _EXTREMES.get(table.name, ()):
-                have[column] = (min if kind == "min" else max)(have[column], row[column])
+            group[scope] = dict(values)
+            continue
+        for c, v in added:
+            have[c] += v
+        for column, kind in extremes:
+            have[column] = (min if kind == "min" else max)(have[column], values[column])
 
 
 def _writer(conn: Connection, session: Session | None):  # type: ignore[no-untyped-def]
     if session is None:
-        return lambda table, key, rows, increments: _upsert(conn, table, key, rows, increments)
-    return lambda table, key, rows, increments: _defer(session, table, key, rows, increments)
+        return lambda table, key, scopes, values, increments: _upsert(
+            conn, table, key, _rows(key, scopes, values), increments
+        )
+    return lambda table, key, scopes, values, increments: _defer(
+        session, table, key, scopes, values, increments
+    )
 
 
 @event.listens_for(Session, "after_flush")
 def _write_deferred(session: Session, _context: Any) -> None:
+    write_pending(session)
+
+
+def write_pending(session: Session) -> None:
+    """Write the counts deferred in ``session`` now (for callers whose writes bypass the ORM flush)."""
     pending = session.info.pop(_PENDING, None)
     if not pending:
         return
     tables = {t.name: t for t in (StatsRollup.__table__, LatencyRollup.__table__)}
     conn = session.connection()
     for (name, key, increments), group in sorted(pending.items()):
-        _upsert(conn, tables[name], key, list(group.values()), increments)  # type: ignore[arg-type]
+        rows = [{**dict(zip(key, scope, strict=True)), **values} for scope, values in group.items()]
+        _upsert(conn, tables[name], key, rows, increments)  # type: ignore[arg-type]
 
 
 @event.listens_for(Session, "after_soft_rollback")
@@ -236,12 +260,13 @@ def _drop_deferred(session: Session, _previous: Any) -> None:
 
 _STATS_KEY = ("resolution", "callback_id", "bucket")
 _LATENCY_KEY = ("resolution", "callback_id", "bucket", "le_index")
+_ZERO_COUNTS: dict[str, Any] = dict.fromkeys(COUNT_COLUMNS, 0)
 
 
 def attempt_increments(status_code: int | None, error_class: str | None, duration_ms: float) -> dict:
     """The counters one attempt adds to its rollup rows."""
     reason = failure_reason(status_code, error_class)
-    inc: dict[str, Any] = dict.fromkeys(COUNT_COLUMNS, 0)
+    inc: dict[str, Any] = dict(_ZERO_COUNTS)
     inc.update(attempts=1, attempts_ok=0 if reason else 1, duration_ms_sum=float(duration_ms or 0.0))
     if reason:
         inc[f"fail_{reason}"] = 1
@@ -259,28 +284,29 @@ def count_attempt(
 ) -> None:
     """Count one attempt in its rollups, in the transaction recording it (once per flush with a session)."""
     put = _writer(conn, session)
-    inc = attempt_increments(status_code, error_class, duration_ms)
-    rows = [
-        {"resolution": r, "callback_id": c, "bucket": b, **inc}
-        for r, c, b in _scopes(callback_id, started_at)
-    ]
-    put(StatsRollup.__table__, _STATS_KEY, rows, COUNT_COLUMNS)
+    put(
+        StatsRollup.__table__,
+        _STATS_KEY,
+        _scopes(callback_id, started_at),
+        attempt_increments(status_code, error_class, duration_ms),
+        COUNT_COLUMNS,
+    )
     le = latency_index(duration_ms)
     # No per-callback all-time histogram: /metrics exposes latency for all callbacks only.
     ms = float(duration_ms or 0.0)
-    lat_rows = [
-        {
-            "resolution": r,
-            "callback_id": c,
-            "bucket": b,
-            "le_index": le,
-            "count": 1,
-            "min_ms": ms,
-            "max_ms": ms,
-        }
-        for r, c, b in _scopes(callback_id, started_at, per_callback_total=False)
-    ]
-    put(LatencyRollup.__table__, _LATENCY_KEY, lat_rows, ("count",))
+    put(
+        LatencyRollup.__table__,
+        _LATENCY_KEY,
+        [(*scope, le) for scope in _scopes(callback_id, started_at, per_callback_total=False)],
+        {"count": 1, "min_ms": ms, "max_ms": ms},
+        ("count",),
+    )
+
+
+_OUTCOME_COUNTS = {
+    DeliveryStatus.SUCCEEDED: {**_ZERO_COUNTS, "deliveries_succeeded": 1},
+    DeliveryStatus.FAILED: {**_ZERO_COUNTS, "deliveries_failed": 1},
+}
 
 
 def count_outcome(
@@ -291,16 +317,12 @@ def count_outcome(
     session: Session | None = None,
 ) -> None:
     """Count a delivery reaching succeeded or failed, in the transaction that decides it."""
-    if status not in (DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED):
+    inc = _OUTCOME_COUNTS.get(status)  # type: ignore[call-overload]
+    if inc is None:
         return
-    put = _writer(conn, session)
-    inc: dict[str, Any] = dict.fromkeys(COUNT_COLUMNS, 0)
-    inc["deliveries_succeeded" if status == DeliveryStatus.SUCCEEDED else "deliveries_failed"] = 1
-    rows = [
-        {"resolution": r, "callback_id": c, "bucket": b, **inc}
-        for r, c, b in _scopes(callback_id, finished_at)
-    ]
-    put(StatsRollup.__table__, _STATS_KEY, rows, COUNT_COLUMNS)
+    _writer(conn, session)(
+        StatsRollup.__table__, _STATS_KEY, _scopes(callback_id, finished_at), inc, COUNT_COLUMNS
+    )
 
 
 # Counting hooks on the ORM flush: every path that writes an attempt or settles a delivery

@@ -164,7 +164,7 @@ def create_event():  # type: ignore[no-untyped-def]
             raise
         return jsonify({**_event_response(existing), "idempotent_replay": True}), 202
     # Written with enqueued_at set (one commit).
-    dispatch.ring(new.delivery_ids)
+    dispatch.ring_soon(new.delivery_ids)
     return jsonify({"event_id": new.uid, "definition": definition, "delivery_ids": new.delivery_ids}), 202
 
 
