@@ -38,10 +38,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)
     app.config["MAX_CONTENT_LENGTH"] = int(app.config["PAYLOAD_LIMIT"]) + 64 * 1024
 
-    from .extensions import csrf, db, login_manager, migrate, tune_sqlite
+    from .extensions import csrf, db, login_manager, migrate, ping_when_idle, tune_sqlite
 
     db.init_app(app)
     tune_sqlite(app)
+    ping_when_idle(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))
     csrf.init_app(app)
     login_manager.init_app(app)

@@ -91,7 +91,9 @@ def load(app_config: dict[str, Any], instance_path: Path, overrides: dict[str, A
             connect_args["factory"] = connection_factory(database)
         app_config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"connect_args": connect_args})
     else:
-        app_config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+        # No ping on every checkout: ``extensions.ping_when_idle`` pings a connection
+        # that has sat in the pool for a while, not one in constant use.
+        app_config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": False})
     if not app_config.get("SECRET_KEY"):
         app_config["SECRET_KEY"] = _instance_secret(instance_path)
     app_config["RETRY_DELAYS"] = parse_schedule(str(app_config["RETRY_SCHEDULE"]))

@@ -9,11 +9,11 @@ from datetime import timedelta
 import redis
 from sqlalchemy import func, select
 
-from cbdash import dispatch
+from cbdash import dispatch, extensions
 from cbdash.extensions import db
 from cbdash.models import Delivery, Event, utcnow
 from cbdash.queue import get_queue, get_redis
-from cbdash.services import callbacks, delivery
+from cbdash.services import callbacks, delivery, ingest
 from cbdash.worker import drain_all_ready
 from tests.conftest import make_callback, run_worker
 
@@ -178,3 +178,60 @@ def test_concurrent_events_are_written_together_each_with_its_own_deliveries(app
     assert len(set(webhook_ids)) == 120 and all(len(w) <= 40 for w in webhook_ids)
     drain_all_ready(app)
     assert sorted(d for job in get_queue(app).get_jobs() for d in job.args[0]) == sorted(seen)
+
+
+def test_a_group_of_events_is_recorded_with_one_delivery_per_active_callback_each(app, receiver):
+    """``record_and_commit`` (one statement on PostgreSQL, two on SQLite): rows, ids and order."""
+    first = make_callback(receiver.url("/a"))
+    second = make_callback(receiver.url("/b"))
+    make_callback(receiver.url("/off"), active=False)
+    paid = make_callback(receiver.url("/paid"), "order.paid")
+    db.session.commit()
+    items = [
+        ingest.EventIn("order.created", {"n": 1}),
+        ingest.EventIn("order.nobody", {"n": 2}),
+        ingest.EventIn("order.paid", {"n": 3}, source="inbound:gateway"),
+        ingest.EventIn("order.created", {"n": 4}),
+    ]
+    made = ingest.record_and_commit(items)
+    db.session.expire_all()
+    assert [m.definition for m in made] == [i.definition for i in items]
+    expected = [[first.id, second.id], [], [paid.id], [first.id, second.id]]
+    for new, item, callback_ids in zip(made, items, expected, strict=True):
+        event = db.session.get(Event, new.id)
+        assert event.uid == new.uid and event.source == item.source
+        assert json.loads(event.body)["data"] == item.payload
+        rows = db.session.scalars(select(Delivery).where(Delivery.event_id == new.id).order_by(Delivery.id)).all()
+        assert new.delivery_ids == [d.id for d in rows]
+        assert [d.callback_id for d in rows] == callback_ids
+        assert [d.webhook_id for d in rows] == [f"msg_{new.uid[4:]}_{c}" for c in callback_ids]
+        assert all(d.status == "pending" and d.kind == "event" and d.enqueued_at is not None for d in rows)
+    assert len({m.uid for m in made}) == 4
+
+
+def test_a_pooled_connection_idle_past_the_limit_is_pinged_and_a_dead_one_replaced(app, monkeypatch):
+    pings: list[object] = []
+    real_ping = db.engine.dialect.do_ping
+
+    def ping(dbapi_conn):  # type: ignore[no-untyped-def]
+        pings.append(dbapi_conn)
+        if len(pings) == 2:
+            raise ConnectionError("server closed the connection")
+        return real_ping(dbapi_conn)
+
+    monkeypatch.setattr(db.engine.dialect, "do_ping", ping)
+    db.session.remove()
+    db.engine.dispose()
+
+    def use():  # type: ignore[no-untyped-def]
+        with db.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+            return conn.connection.dbapi_connection
+
+    monkeypatch.setattr(extensions, "IDLE_PING", 60.0)
+    fresh = use()
+    assert use() is fresh and pings == []  # in use a moment ago: no round trip
+    monkeypatch.setattr(extensions, "IDLE_PING", 0.0)
+    assert use() is fresh and pings == [fresh]  # idle: pinged, alive, kept
+    replaced = use()  # idle again and the ping fails: a new connection, the statement runs
+    assert pings[1] is fresh and replaced is not fresh

@@ -11,6 +11,10 @@ the workers after the commit needs no second write; if Redis then refuses,
 Events that arrive together are written together (``GroupCommit``): the
 statements, the commit and the enqueue cost about the same for one event as for
 twenty, so under load each request pays a share of them instead of all.
+
+On PostgreSQL the whole group is one statement (``_PG_RECORD``), committed on
+its own: one round trip instead of five (BEGIN, two INSERTs, COMMIT and the
+pool's ping), and a fifth of the Python.
 """
 
 from __future__ import annotations
@@ -151,6 +155,76 @@ def record_events(items: list[EventIn]) -> list[NewEvent]:
     ]
 
 
+# PostgreSQL: the events, their fan-out (as ``_fan_out``) and what the caller needs back,
+# in one statement. A single statement is atomic, so it runs in autocommit: no BEGIN or
+# COMMIT round trips. Arrays make the text the same for any group size, so psycopg
+# prepares it once per connection.
+_PG_RECORD = """
+WITH ev AS (
+  INSERT INTO events (uid, definition, body, source, is_test, created_at)
+  SELECT u, d, b, s, false, %(now)s
+  FROM unnest(%(uids)s::varchar[], %(definitions)s::varchar[], %(bodies)s::text[], %(sources)s::varchar[])
+    AS t(u, d, b, s)
+  RETURNING id, uid, definition
+), dl AS (
+  INSERT INTO deliveries (event_id, callback_id, webhook_id, kind, status, attempt_count,
+                          next_attempt_at, enqueued_at, created_at)
+  SELECT ev.id, c.id, 'msg_' || substr(ev.uid, 5) || '_' || c.id, %(kind)s, %(status)s, 0,
+         %(now)s, %(now)s, %(now)s
+  FROM ev JOIN callbacks c ON c.definition = ev.definition AND c.active = true AND c.deleted_at IS NULL
+  ORDER BY ev.id, c.id
+  RETURNING id, event_id
+)
+SELECT ev.id, ev.uid, dl.id FROM ev LEFT JOIN dl ON dl.event_id = ev.id ORDER BY ev.id, dl.id
+"""
+
+
+def record_and_commit(items: list[EventIn]) -> list[NewEvent]:
+    """Record events without idempotency keys with their deliveries, committed (on its own connection)."""
+    if db.engine.dialect.name != "postgresql":
+        results = record_events(items)
+        db.session.commit()
+        return results
+    now = utcnow()
+    uids = [new_uid("evt") for _ in items]
+    params = {
+        "now": now,
+        "uids": uids,
+        "definitions": [item.definition for item in items],
+        "bodies": [
+            build_body(uid, item.definition, item.payload, now, False)
+            for uid, item in zip(uids, items, strict=True)
+        ],
+        "sources": [item.source for item in items],
+        "kind": DeliveryKind.EVENT.value,
+        "status": DeliveryStatus.PENDING.value,
+    }
+    # The driver's connection straight from the pool: SQLAlchemy's execution machinery
+    # cost twice what the statement does in Python.
+    raw = db.engine.raw_connection()
+    pg: Any = raw.dbapi_connection
+    try:
+        pg.autocommit = True
+        with pg.cursor() as cursor:
+            cursor.execute(_PG_RECORD, params)
+            rows = cursor.fetchall()
+        pg.autocommit = False  # as the pool hands connections out
+    except Exception:
+        raw.invalidate()  # whatever state the driver is in, the pool connects afresh
+        raise
+    finally:
+        raw.close()
+    made: dict[str, tuple[int, list[int]]] = {}
+    for event_id, uid, delivery_id in rows:
+        ids = made.setdefault(uid, (event_id, []))[1]
+        if delivery_id is not None:
+            ids.append(delivery_id)
+    return [
+        NewEvent(made[uid][0], uid, item.definition, made[uid][1])
+        for uid, item in zip(uids, items, strict=True)
+    ]
+
+
 @dataclass
 class _Waiting:
     item: EventIn
@@ -213,8 +287,7 @@ class GroupCommit:
     @staticmethod
     def _write(batch: list[_Waiting]) -> None:
         try:
-            results = record_events([w.item for w in batch])
-            db.session.commit()
+            results = record_and_commit([w.item for w in batch])
         except BaseException as exc:
             db.session.rollback()
             for waiting in batch:
