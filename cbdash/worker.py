@@ -101,7 +101,28 @@ class _Scheduler(RQScheduler):
         super().enqueue_scheduled_jobs()
 
 
-class CbdashWorker(SimpleWorker):
+PUBSUB_POLL = 0.5  # seconds: how long the command listener's thread waits at a time
+
+
+class QuickStopWorker(SimpleWorker):
+    """A SimpleWorker whose command listener (RQ's pubsub thread) stops within ``PUBSUB_POLL``.
+
+    RQ runs that thread with ``sleep_time=60``, and redis-py 8 joins it on stop: a
+    worker that stops before its subscription was confirmed (a burst worker on a
+    busy machine) then waits a full minute on shutdown.
+    """
+
+    def subscribe(self) -> None:
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=PUBSUB_POLL,
+            daemon=True,
+            exception_handler=getattr(self, "_pubsub_exception_handler", None),
+        )
+
+
+class CbdashWorker(QuickStopWorker):
     """A SimpleWorker whose scheduler polls every ``scheduler_interval`` seconds.
 
     It also folds the delivery jobs waiting behind the one it dequeued into that

@@ -151,13 +151,11 @@ def receiver() -> Iterator[Receiver]:
 
 def run_worker(app) -> None:  # type: ignore[no-untyped-def]
     """Run queued jobs in process until the queue is empty (RQ SimpleWorker, burst)."""
-    from rq import SimpleWorker
-
-    from cbdash.worker import drain_all_ready
+    from cbdash.worker import QuickStopWorker, drain_all_ready
 
     drain_all_ready(app)  # what a worker's dispatcher thread does with the API's ready list
     queue = get_queue(app)
-    SimpleWorker([queue], connection=queue.connection).work(burst=True, logging_level="WARNING")
+    QuickStopWorker([queue], connection=queue.connection).work(burst=True, logging_level="WARNING")
 
 
 def make_callback(url: str, definition: str = "order.created", **fields):  # type: ignore[no-untyped-def]

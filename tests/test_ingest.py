@@ -201,7 +201,9 @@ def test_a_group_of_events_is_recorded_with_one_delivery_per_active_callback_eac
         event = db.session.get(Event, new.id)
         assert event.uid == new.uid and event.source == item.source
         assert json.loads(event.body)["data"] == item.payload
-        rows = db.session.scalars(select(Delivery).where(Delivery.event_id == new.id).order_by(Delivery.id)).all()
+        rows = db.session.scalars(
+            select(Delivery).where(Delivery.event_id == new.id).order_by(Delivery.id)
+        ).all()
         assert new.delivery_ids == [d.id for d in rows]
         assert [d.callback_id for d in rows] == callback_ids
         assert [d.webhook_id for d in rows] == [f"msg_{new.uid[4:]}_{c}" for c in callback_ids]

@@ -296,3 +296,25 @@ def test_thousand_events_while_the_worker_restarts_twice(app, receiver, workers)
     seen = [r.headers["webhook-id"] for r in receiver.requests]
     assert wanted <= set(seen)  # every event arrived at least once
     print(f"1000 deliveries in {took:.1f} s, {len(seen) - len(wanted)} duplicates")
+
+
+def test_a_worker_stops_at_once_even_when_its_command_listener_is_between_subscriptions(app):
+    """RQ polls its command channel with a 60 s wait and redis-py 8 joins that thread on stop:
+    a worker stopping while the listener waits for a subscription hung for a minute."""
+    import threading
+
+    from cbdash.worker import CbdashWorker, QuickStopWorker
+
+    queue = get_queue(app)
+    for kind in (QuickStopWorker, CbdashWorker):
+        worker = kind([queue], connection=queue.connection)
+        worker.subscribe()
+        worker.pubsub.unsubscribe()
+        time.sleep(0.5)  # the listener reads the confirmation and waits for a new subscription
+        stopper = threading.Thread(target=worker.pubsub_thread.stop, daemon=True)
+        started = time.monotonic()
+        stopper.start()
+        stopper.join(timeout=5)
+        assert not stopper.is_alive(), f"{kind.__name__}: the listener did not stop within 5 s"
+        assert time.monotonic() - started < 2
+        worker.pubsub.close()
