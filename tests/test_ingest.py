@@ -193,8 +193,15 @@ def test_a_group_of_events_is_recorded_with_one_delivery_per_active_callback_eac
         ingest.EventIn("order.paid", {"n": 3}, source="inbound:gateway"),
         ingest.EventIn("order.created", {"n": 4}),
     ]
+    before = utcnow().replace(microsecond=0)
     made = ingest.record_and_commit(items)
+    after = utcnow()
     db.session.expire_all()
+    # Times written by the driver compare with times bound by SQLAlchemy (SQLite keeps text).
+    assert db.session.scalar(select(func.count()).select_from(Event).where(Event.created_at >= before)) == 4
+    assert db.session.scalar(select(func.count()).select_from(Event).where(Event.created_at > after)) == 0
+    due = select(func.count()).select_from(Delivery).where(Delivery.next_attempt_at <= after)
+    assert db.session.scalar(due) == 5
     assert [m.definition for m in made] == [i.definition for i in items]
     expected = [[first.id, second.id], [], [paid.id], [first.id, second.id]]
     for new, item, callback_ids in zip(made, items, expected, strict=True):

@@ -181,7 +181,10 @@ SELECT ev.id, ev.uid, dl.id FROM ev LEFT JOIN dl ON dl.event_id = ev.id ORDER BY
 
 def record_and_commit(items: list[EventIn]) -> list[NewEvent]:
     """Record events without idempotency keys with their deliveries, committed (on its own connection)."""
-    if db.engine.dialect.name != "postgresql":
+    dialect = db.engine.dialect.name
+    if dialect == "sqlite":
+        return _record_sqlite(items)
+    if dialect != "postgresql":
         results = record_events(items)
         db.session.commit()
         return results
@@ -222,6 +225,58 @@ def record_and_commit(items: list[EventIn]) -> list[NewEvent]:
     return [
         NewEvent(made[uid][0], uid, item.definition, made[uid][1])
         for uid, item in zip(uids, items, strict=True)
+    ]
+
+
+# SQLite: the same rows with the driver's connection (SQLAlchemy's machinery cost more than
+# SQLite's own work). Times are written as SQLAlchemy writes them, so they compare alike.
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
+_SQLITE_EVENT = (
+    "INSERT INTO events (uid, definition, body, source, is_test, created_at)"
+    " VALUES (?, ?, ?, ?, 0, ?) RETURNING id"
+)
+_SQLITE_FAN_OUT = """
+INSERT INTO deliveries (event_id, callback_id, webhook_id, kind, status, attempt_count,
+                        next_attempt_at, enqueued_at, created_at)
+SELECT e.id, c.id, 'msg_' || substr(e.uid, 5) || '_' || c.id, ?, ?, 0, ?, ?, ?
+FROM events e JOIN callbacks c ON c.definition = e.definition
+WHERE e.id IN ({ids}) AND c.active = 1 AND c.deleted_at IS NULL
+ORDER BY e.id, c.id
+RETURNING id, event_id
+"""
+
+
+def _record_sqlite(items: list[EventIn]) -> list[NewEvent]:
+    now = utcnow()
+    stamp = now.strftime(_SQLITE_TIME)
+    uids = [new_uid("evt") for _ in items]
+    raw = db.engine.raw_connection()
+    conn: Any = raw.dbapi_connection
+    try:
+        cursor = conn.cursor()
+        event_ids = []
+        for uid, item in zip(uids, items, strict=True):
+            body = build_body(uid, item.definition, item.payload, now, False)
+            cursor.execute(_SQLITE_EVENT, (uid, item.definition, body, item.source, stamp))
+            event_ids.append(cursor.fetchone()[0])
+        cursor.execute(
+            _SQLITE_FAN_OUT.format(ids=", ".join("?" * len(event_ids))),
+            (DeliveryKind.EVENT.value, DeliveryStatus.PENDING.value, stamp, stamp, stamp, *event_ids),
+        )
+        made = cursor.fetchall()
+        cursor.close()
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        raw.close()
+    by_event: dict[int, list[int]] = defaultdict(list)
+    for delivery_id, event_id in sorted(made):
+        by_event[event_id].append(delivery_id)
+    return [
+        NewEvent(event_id, uid, item.definition, by_event.get(event_id, []))
+        for event_id, uid, item in zip(event_ids, uids, items, strict=True)
     ]
 
 
