@@ -8,7 +8,7 @@ import tracemalloc
 import pytest
 
 from cbdash.services import ssrf, transport
-from tests.rawservers import ChunkedForever, DripHeaders, HugeBody, SilentServer, closed_port
+from tests.rawservers import ChunkedForever, DripHeaders, HugeBody, RawServer, SilentServer, closed_port
 from tests.receiver import Reply
 
 POLICY = ssrf.TargetPolicy.from_setting("127.0.0.1/32")
@@ -162,3 +162,60 @@ def test_connection_refused_is_explained_in_one_sentence():
     assert result.error_message == (
         f"Connection to 127.0.0.1:{port} failed: connection refused (nothing is listening on that port)."
     )
+
+
+class _ShortBody(RawServer):
+    """Promises 100 bytes, sends 3 and hangs up."""
+
+    def handle(self, conn) -> None:  # type: ignore[no-untyped-def]
+        self.read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+        conn.close()
+
+
+class _HangUp(RawServer):
+    """Reads the request, waits, hangs up without a word."""
+
+    def handle(self, conn) -> None:  # type: ignore[no-untyped-def]
+        self.read_request(conn)
+        time.sleep(1.5)
+        conn.close()
+
+
+POLICY = ssrf.TargetPolicy.from_setting("127.0.0.1/32")
+
+
+def test_a_cut_short_body_is_explained_without_library_reprs():
+    server = _ShortBody().start()
+    try:
+        result = transport.post(server.url(), b"{}", {}, 3, POLICY)
+    finally:
+        server.stop()
+    assert result.error_class == "connect" and result.status_code == 200
+    assert result.error_message == (
+        "The receiver closed the connection before sending its whole response body (3 of 100 bytes)."
+    )
+
+
+def test_a_timeout_message_names_the_phase_and_nothing_of_python():
+    server = _HangUp().start()
+    try:
+        result = transport.post(server.url(), b"{}", {}, 1, POLICY)
+    finally:
+        server.stop()
+    assert result.error_class == "timeout"
+    assert (
+        result.error_message == "No complete answer within 1 s: timed out waiting for the response headers."
+    )
+
+
+def test_a_failed_dns_lookup_is_explained_in_words():
+    import socket
+
+    def nxdomain(host, port):  # type: ignore[no-untyped-def]
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    with pytest.raises(ssrf.TargetError) as caught:
+        ssrf.resolve("shop.example.invalid", 443, 2, resolver=nxdomain)
+    assert caught.value.message == "DNS lookup for shop.example.invalid failed: no such host name."
+    assert "Errno" not in caught.value.message

@@ -206,6 +206,25 @@ def system_resolver(host: str, port: int) -> list[tuple]:
     return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
 
 
+_DNS_REASONS = {
+    socket.EAI_NONAME: "no such host name",
+    socket.EAI_AGAIN: "the DNS server did not answer (temporary failure; try again)",
+    socket.EAI_FAIL: "the DNS server failed",
+}
+if hasattr(socket, "EAI_NODATA"):
+    _DNS_REASONS[socket.EAI_NODATA] = "the name has no addresses"
+
+
+def _dns_reason(exc: BaseException) -> str:
+    """The resolver's error in words (no ``[Errno -2]``)."""
+    if isinstance(exc, UnicodeError):
+        return "the host name is not a valid domain name"
+    code = exc.args[0] if isinstance(exc, OSError) and exc.args and isinstance(exc.args[0], int) else None
+    if code in _DNS_REASONS:
+        return _DNS_REASONS[code]
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
 def resolve(
     host: str, port: int, timeout: float, resolver: Resolver | None = None
 ) -> list[tuple[int, IPAddress]]:
@@ -220,7 +239,7 @@ def resolve(
     except FutureTimeout as exc:
         raise TargetError(f"DNS lookup for {host} timed out.", ErrorClass.TIMEOUT) from exc
     except (socket.gaierror, UnicodeError, OSError) as exc:
-        raise TargetError(f"DNS lookup for {host} failed: {exc}.", ErrorClass.DNS) from exc
+        raise TargetError(f"DNS lookup for {host} failed: {_dns_reason(exc)}.", ErrorClass.DNS) from exc
     seen: list[tuple[int, IPAddress]] = []
     for family, _type, _proto, _name, sockaddr in infos:
         try:

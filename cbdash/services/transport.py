@@ -374,14 +374,14 @@ def _discard(resp: requests.Response) -> None:
         conn.close()
 
 
-def _timeout_message(trace: _Trace, text: str) -> str:
-    return f"No complete answer within {trace.timeout:g} s: timed out {trace.phase} ({text})"
+def _timeout_message(trace: _Trace) -> str:
+    return f"No complete answer within {trace.timeout:g} s: timed out {trace.phase}."
 
 
 def _classify(exc: BaseException, trace: _Trace) -> tuple[str, str]:
     text = f"{type(exc).__name__}: {exc}"[:1000]
     if trace.expired or trace.remaining() <= 0:
-        return ErrorClass.TIMEOUT, _timeout_message(trace, text)
+        return ErrorClass.TIMEOUT, _timeout_message(trace)
     chain = []
     cur: BaseException | None = exc
     while cur is not None and len(chain) < 10:
@@ -393,7 +393,7 @@ def _classify(exc: BaseException, trace: _Trace) -> tuple[str, str]:
     if "NameResolution" in names or "gaierror" in names:
         return ErrorClass.DNS, text
     if any(isinstance(e, TimeoutError | requests.exceptions.Timeout) for e in chain):
-        return ErrorClass.TIMEOUT, _timeout_message(trace, text)
+        return ErrorClass.TIMEOUT, _timeout_message(trace)
     if any(isinstance(e, requests.exceptions.InvalidURL | ValueError) for e in chain):
         return ErrorClass.INVALID_URL, text
     return ErrorClass.CONNECT, _connect_message(exc, chain, text)
@@ -428,6 +428,10 @@ def _connect_message(exc: BaseException, chain: list[BaseException], text: str) 
     found = re.search(r"\[Errno (\d+)\]", text)
     if found and int(found.group(1)) in _ERRNO_TEXT:
         return f"Connection{target} failed: {_ERRNO_TEXT[int(found.group(1))]}."
+    if "IncompleteRead" in text:
+        found = re.search(r"IncompleteRead\((\d+) bytes read, (\d+) more expected\)", text)
+        got = f" ({found.group(1)} of {int(found.group(1)) + int(found.group(2))} bytes)" if found else ""
+        return f"The receiver closed the connection{target} before sending its whole response body{got}."
     if "RemoteDisconnected" in text or "ProtocolError" in text:
         return f"Connection{target} closed by the receiver before it answered."
     return f"Connection{target} failed ({text[:300]})."
