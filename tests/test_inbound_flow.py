@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import hmac
 import json
@@ -393,3 +394,52 @@ def test_old_messages_are_pruned_in_batches(client):
     assert inbound.prune_messages(timedelta(days=30), batch=2) == 3
     assert count(InboundMessage) == 2
     assert inbound.outcome_counts([source.id])[source.id]["accepted"] == 2
+
+
+def test_shared_token_source_accepts_authorization_bearer(client):
+    """The form and the source page promise "Authorization: Bearer <token> works too"."""
+    make_source("carrier", preset="token", secret="tok_abcdefgh123456")
+    ok = client.post("/hooks/carrier", data=BODY, headers={"Authorization": "Bearer tok_abcdefgh123456"})
+    assert ok.status_code == 200, ok.get_data(as_text=True)
+    wrong = client.post("/hooks/carrier", data=BODY, headers={"Authorization": "Bearer tok_abcdefgh123457"})
+    assert wrong.status_code == 401 and wrong.get_json()["error"]["code"] == "bad_signature"
+    missing = client.post("/hooks/carrier", data=BODY)
+    assert missing.status_code == 401
+    assert "Authorization: Bearer" in missing.get_json()["error"]["message"]
+    accepted = db.session.scalar(select(InboundMessage).where(InboundMessage.outcome == "accepted"))
+    assert accepted.headers["Authorization"] == inbound.REDACTED  # the token is never stored
+
+
+@pytest.mark.parametrize(
+    "raw", [b"\x00\xff\xfe", gzip.compress(b'{"a": 1}', mtime=0)], ids=["nul-ff-fe", "gzip"]
+)
+def test_body_that_is_not_utf8_is_relayed_base64_with_every_byte(app, client, receiver, raw):
+    make_callback(receiver.url(), "payment.confirmed")
+    source = make_source("raw", preset="none", secret="")
+    response = client.post("/hooks/raw", data=raw, headers={"Content-Type": "application/octet-stream"})
+    assert response.status_code == 200
+    response.close()
+    event = db.session.scalar(select(Event))
+    assert event.payload == {"encoding": "base64", "body": base64.b64encode(raw).decode()}
+    run_worker(app)
+    relayed = json.loads(receiver.wait_for(1)[0].body)["data"]
+    assert relayed["encoding"] == "base64"
+    assert base64.b64decode(relayed["body"]) == raw  # the exact bytes, nothing replaced by U+FFFD
+    msg = db.session.scalar(select(InboundMessage))
+    assert msg.payload_is_text is True and msg.body_size == len(raw)
+    assert inbound.binary_body(msg.event.payload, msg.payload_is_text) == raw
+    assert source.id == msg.source_id
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/hooks/..%2F..%2Fetc", "/hooks/../../etc", "/hooks/pay/extra", "/hooks/", "/hooks", "/hooks/a%00b"],
+)
+def test_any_post_under_hooks_that_is_no_slug_is_the_json_404(client, path):
+    make_source()
+    response = client.post(path, data=BODY, headers=signed(BODY))
+    assert response.status_code == 404, (path, response.headers.get("Location"))
+    assert response.is_json and response.get_json()["error"]["code"] == "not_found"
+    assert "Location" not in response.headers and "Set-Cookie" not in response.headers
+    assert count(InboundMessage) == 0
+    assert client.post("/hooks/pay", data=BODY, headers=signed(BODY)).status_code == 200

@@ -6,6 +6,7 @@ import base64
 import json
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select
 
 from cbdash.extensions import db
@@ -195,3 +196,31 @@ def test_a_secret_changed_in_this_process_is_used_at_once(app, client):
     source.active = False
     db.session.commit()
     assert client.post("/hooks/pay", data=BODY, headers=signed(BODY, "a4", secret=new)).status_code == 404
+
+
+class TestRefusalCountsAgree:
+    @pytest.fixture
+    def app_config(self) -> dict:
+        return {"PAYLOAD_LIMIT": 2048}
+
+    def test_list_and_source_page_explain_what_monitoring_adds(self, app, admin, monkeypatch):
+        """Stored refusals + the ones only counted (past the per-minute budget) = Monitoring's figure."""
+        monkeypatch.setattr("cbdash.services.inbound.REFUSALS_STORED", 3)
+        source = make_source("pay", rate_limit=0)
+        big = json.dumps({"blob": "x" * 3000}).encode()
+        assert admin.post("/hooks/pay", data=big, headers=signed(big)).status_code == 413
+        bad = signed(BODY, "x")
+        bad["webhook-signature"] = "v1," + "A" * 44
+        assert [admin.post("/hooks/pay", data=BODY, headers=bad).status_code for _ in range(7)] == [401] * 7
+
+        assert _panel(admin, "1h")["pay"]["refused"] == "8"
+        listing = admin.get("/settings/inbound").get_data(as_text=True)
+        assert '3<span class="visually-hidden"> refused</span>' in listing
+        assert 'data-unstored="5"' in listing and "+5 refused, counted only" in listing
+        detail = parse(admin.get(f"/settings/inbound/{source.id}").get_data(as_text=True))
+        summary = detail.find(id="refusal-summary")
+        assert summary is not None
+        text = " ".join(summary.text.split())
+        assert "3 stored" in text and "5 counted only" in text and "past 3 refusals a minute" in text
+        # What the refusals were, each with the status it was answered with (the 413 is no signature).
+        assert "2 bad signature (401)" in text and "1 body over the size limit (413)" in text

@@ -312,3 +312,43 @@ def test_payload_parsing_falls_back_to_text():
     assert inbound.parse_payload(b"status=shipped&id=9") == ("status=shipped&id=9", True)
     assert inbound.parse_payload(b"NaN")[1] is True  # not valid JSON for receivers
     assert inbound.parse_payload(b"\xff\xfe")[1] is True
+
+
+def test_bearer_form_verifies_when_the_token_header_is_absent(monkeypatch):
+    """The UI says "Authorization: Bearer <token> works too" for any configured token header."""
+    calls = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(inbound.hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
+    token = "tok_abcdefgh123"
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert inbound.verify("token", [token], bearer, BODY).ok  # default X-Webhook-Token configured
+    assert calls, "the Bearer form must be compared in constant time too"
+    assert inbound.verify("token", [token], {"authorization": f"bearer {token}"}, BODY).ok
+    assert inbound.verify("token", ["new-token-1234", token], bearer, BODY).used_previous_secret  # overlap
+    wrong = inbound.verify("token", [token], {"Authorization": "Bearer tok_abcdefgh124"}, BODY)
+    assert not wrong.ok and wrong.reason == "bad_signature"
+    assert wrong.debug["signature_header"] == "Authorization" and token not in json.dumps(wrong.debug)
+    # Another Authorization scheme is not a token; the configured header wins when both are sent.
+    basic = inbound.verify("token", [token], {"Authorization": f"Basic {token}"}, BODY)
+    assert not basic.ok and basic.reason == "missing_signature"
+    assert "Bearer" in basic.message and "X-Webhook-Token" in basic.message
+    both = {"X-Webhook-Token": "tok_wrong_value", "Authorization": f"Bearer {token}"}
+    assert not inbound.verify("token", [token], both, BODY).ok
+
+
+def test_body_that_is_not_utf8_is_kept_base64_encoded():
+    for raw in (b"\x00\xff\xfe", gzip_bytes(), bytes(range(256))):
+        payload, is_text = inbound.parse_payload(raw)
+        assert is_text is True
+        assert payload == {"encoding": "base64", "body": base64.b64encode(raw).decode()}
+        assert inbound.binary_body(payload, is_text) == raw
+    # UTF-8 text (NUL included) stays text; a parsed JSON object is never taken for the wrapper.
+    assert inbound.parse_payload("caf\u00e9 \x00".encode()) == ("caf\u00e9 \x00", True)
+    lookalike = b'{"encoding": "base64", "body": "AAE="}'
+    assert inbound.binary_body(*inbound.parse_payload(lookalike)) is None
+
+
+def gzip_bytes() -> bytes:
+    import gzip
+
+    return gzip.compress(b'{"status": "delivered"}', mtime=0)

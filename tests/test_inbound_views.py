@@ -350,3 +350,82 @@ def test_page_shows_requests_rate_limited_today(admin, client):
         client.post("/hooks/pay", data=BODY, headers=signed(BODY, f"rl{i}"))
     assert "2 rate-limited today" in admin.get("/settings/inbound").get_data(as_text=True)
     assert "2 answered 429 today" in admin.get(f"/settings/inbound/{source.id}").get_data(as_text=True)
+
+
+def test_fragment_urls_opened_directly_give_the_full_page(admin, client):
+    """Reload, bookmark or a pushed search URL: never a bare, unstyled fragment."""
+    source = make_source("one", active=False)
+    client.post("/hooks/one", data=BODY, headers=signed(BODY))  # one refusal (inactive)
+    table = admin.get("/settings/inbound/table?status=inactive&q=one")
+    assert table.status_code == 302
+    assert table.headers["Location"] == "/settings/inbound?status=inactive&q=one"
+    page = admin.get("/settings/inbound/table?status=inactive&q=one", follow_redirects=True)
+    html = page.get_data(as_text=True)
+    assert "<html" in html and "/hooks/one" in html and 'href="/static/app.css' in html.replace("'", '"')
+    messages = admin.get(f"/settings/inbound/{source.id}/messages?outcome=refused&page=1")
+    assert messages.status_code == 302
+    assert messages.headers["Location"] == f"/settings/inbound/{source.id}?outcome=refused"
+    html = admin.get(messages.headers["Location"]).get_data(as_text=True)
+    assert "<html" in html and "inactive" in html
+    # htmx still gets the fragment, and the address bar the page URL.
+    fragment = admin.get("/settings/inbound/table?q=one", headers={"HX-Request": "true"})
+    assert fragment.get_data(as_text=True).lstrip().startswith('<section id="inbound-panel"')
+    assert fragment.headers["HX-Push-Url"] == "/settings/inbound?q=one"
+    restore = admin.get(
+        "/settings/inbound/table?q=one", headers={"HX-Request": "true", "HX-History-Restore-Request": "true"}
+    )
+    assert restore.status_code == 302
+
+
+@pytest.mark.parametrize(
+    ("preset", "secret", "says", "never"),
+    [
+        ("none", "", "anyone who knows the URL can post", "URL and secret"),
+        ("token", "", "Authorization: Bearer", "URL and secret"),
+        ("standard", "", "the secret cbdash generated", "no secret"),
+        ("shopify", "shpss_client_secret_123", "the secret the provider issued", "no secret"),
+    ],
+)
+def test_created_message_is_worded_per_preset(admin, preset, secret, says, never):
+    form = {**FORM, "preset": preset, "secret": secret, "dedupe_header": ""}
+    response = admin.post("/settings/inbound/new", data=form, follow_redirects=True)
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200 and "Inbound source carrier-ups created." in html
+    assert says in html and never not in html
+
+
+def test_reveal_turns_into_hide_like_the_callback_secret(admin):
+    source = make_source("pay")
+    hx = {"HX-Request": "true"}
+    page = admin.get(f"/settings/inbound/{source.id}").get_data(as_text=True)
+    row = re.search(rf'<div id="inbound-secret-{source.id}".*?</div>', page, re.S).group(0)
+    assert ">Reveal</button>" in row and source.secret not in page  # the button is part of the row
+    shown = admin.post(f"/settings/inbound/{source.id}/reveal", headers=hx).get_data(as_text=True)
+    assert source.secret in shown and ">Hide</a>" in shown and "Reveal" not in shown
+    assert f'hx-get="/settings/inbound/{source.id}/secret"' in shown
+    assert f'hx-target="#inbound-secret-{source.id}"' in shown
+    hidden = admin.get(f"/settings/inbound/{source.id}/secret", headers=hx).get_data(as_text=True)
+    assert source.secret not in hidden and inbound.mask(source.secret) in hidden
+    assert ">Reveal</button>" in hidden and "Hide" not in hidden
+    # Without JavaScript: the page with the secret and a Hide link back to the masked page.
+    no_js = admin.post(f"/settings/inbound/{source.id}/reveal").get_data(as_text=True)
+    assert (
+        source.secret in no_js and f'href="/settings/inbound/{source.id}"' in no_js and ">Hide</a>" in no_js
+    )
+    assert admin.get(f"/settings/inbound/{source.id}/secret").status_code == 302
+
+
+def test_message_page_shows_a_body_that_is_not_utf8_recoverably(admin, client):
+    import base64
+
+    source = make_source("raw", preset="none", secret="")
+    raw = b"\x00\xff\xfe"
+    assert client.post("/hooks/raw", data=raw).status_code == 200
+    msg = db.session.scalar(select(InboundMessage))
+    html = admin.get(f"/settings/inbound/{source.id}/messages/{msg.id}").get_data(as_text=True)
+    assert "not UTF-8 text" in html
+    assert "\\x00\\xff\\xfe" in html  # the bytes, escaped
+    assert base64.b64encode(raw).decode() in html  # the stored body carries them exactly
+    assert "\ufffd" not in html
+    listing = admin.get(f"/settings/inbound/{source.id}").get_data(as_text=True)
+    assert "base64-encoded: not UTF-8" in listing

@@ -48,6 +48,7 @@ DIAGNOSE_LIMIT = 64 * 1024  # bodies larger than this are not re-serialised for 
 REDACTED = delivery.REDACTED
 # Header names whose values are credentials on top of delivery.SECRET_HEADER (e.g. Shopify's "Hmac").
 EXTRA_SECRET_HEADER = re.compile(r"hmac|sig", re.I)
+BINARY_MARKER = "encoding"  # the key of the wrapper that carries a body that is not UTF-8 text
 
 
 class Preset(StrEnum):
@@ -72,6 +73,17 @@ class Reason(StrEnum):
     STALE_TIMESTAMP = "stale_timestamp"
     TOO_LARGE = "too_large"
     INACTIVE = "inactive"
+
+
+# What each refusal reason means on the pages, with the status it was answered with.
+REASON_LABELS: dict[str, str] = {
+    Reason.MISSING_SIGNATURE: "missing signature (401)",
+    Reason.MALFORMED_SIGNATURE: "malformed signature (401)",
+    Reason.BAD_SIGNATURE: "bad signature (401)",
+    Reason.STALE_TIMESTAMP: "stale timestamp (401)",
+    Reason.TOO_LARGE: "body over the size limit (413)",
+    Reason.INACTIVE: "posted while inactive (404)",
+}
 
 
 @dataclass(frozen=True)
@@ -332,15 +344,33 @@ def verify(
     return Verdict(False, Reason.BAD_SIGNATURE, "The signature does not match the body.", debug)
 
 
+def _bearer(value: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` value, or None for any other value."""
+    if value is None or value[:7].lower() != "bearer ":
+        return None
+    return value[7:]
+
+
 def _verify_token(keys: list[str], h: Mapping[str, str], token_header: str) -> Verdict:
+    """The configured header carries the token; without it, ``Authorization: Bearer <token>`` does."""
     name = token_header.lower()
     got = h.get(name)
-    debug: dict[str, Any] = {"preset": Preset.TOKEN, "signature_header": token_header}
+    used = token_header
+    if name == "authorization":
+        got = _bearer(got) if _bearer(got) is not None else got
+    elif got is None:
+        got = _bearer(h.get("authorization"))
+        used = "Authorization"
+    debug: dict[str, Any] = {"preset": Preset.TOKEN, "signature_header": used}
     if got is None:
-        debug["hint"] = f"The request has no {token_header} header."
-        return Verdict(False, Reason.MISSING_SIGNATURE, f"Missing header: {token_header}.", debug)
-    if name == "authorization" and got[:7].lower() == "bearer ":
-        got = got[7:]
+        debug["signature_header"] = token_header
+        debug["hint"] = f"The request has neither a {token_header} header nor Authorization: Bearer <token>."
+        return Verdict(
+            False,
+            Reason.MISSING_SIGNATURE,
+            f"Missing header: {token_header} (or Authorization: Bearer <token>).",
+            debug,
+        )
     matched: int | None = None
     for index, key in enumerate(keys):
         if hmac.compare_digest(got.encode(), key.encode()) and matched is None:
@@ -518,7 +548,8 @@ def redact(headers: Mapping[str, str], source: InboundSource | Limits) -> dict[s
 
 
 def parse_payload(body: bytes) -> tuple[Any, bool]:
-    """(payload, is_text): the parsed JSON, or the raw text when the body is not JSON."""
+    """(payload, is_text): the parsed JSON, the text when the body is not JSON, or (not UTF-8)
+    ``{"encoding": "base64", "body": "<base64 of the exact bytes>"}`` with is_text true."""
 
     def _reject(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")  # NaN/Infinity would make the relayed body invalid JSON
@@ -526,7 +557,31 @@ def parse_payload(body: bytes) -> tuple[Any, bool]:
     try:
         return json.loads(body, parse_constant=_reject), False
     except (ValueError, UnicodeDecodeError, RecursionError):
-        return body.decode("utf-8", errors="replace"), True
+        pass
+    try:
+        return body.decode("utf-8"), True
+    except UnicodeDecodeError:
+        # Not text (binary, gzip, another charset): base64 keeps every byte recoverable.
+        return {BINARY_MARKER: "base64", "body": base64.b64encode(body).decode("ascii")}, True
+
+
+def binary_body(payload: Any, is_text: bool) -> bytes | None:
+    """The exact bytes of a body that was stored base64-encoded (not UTF-8), else None.
+
+    Text payloads (``payload_is_text``) are otherwise JSON strings, so a dict there is always
+    this wrapper; a JSON body that merely looks like it was parsed, with ``payload_is_text`` false.
+    """
+    if not is_text or not isinstance(payload, dict) or payload.get(BINARY_MARKER) != "base64":
+        return None
+    try:
+        return base64.b64decode(payload.get("body", ""), validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        return None
+
+
+def escaped(data: bytes) -> str:
+    """Bytes as printable text for a page: invalid UTF-8 and control bytes shown as \\xNN."""
+    return _text(data)
 
 
 def response_content_type(body: str) -> str:
@@ -802,6 +857,26 @@ def unstored_refusals_since(
     budgets = _budgets()
     local = {i: budgets[i].pending if i in budgets else 0 for i in source_ids}
     return _hourly_counts(_refusals_key, source_ids, since, now, local)
+
+
+UNSTORED_SHOWN = timedelta(
+    days=7
+)  # the Inbound pages show counted-only refusals of this long (Monitoring's 7 d)
+
+
+def unstored_refusals_recent(source_ids: list[int]) -> dict[int, int]:
+    """Refusals counted but not stored (past REFUSALS_STORED a minute) in the last UNSTORED_SHOWN."""
+    return unstored_refusals_since(source_ids, utcnow() - UNSTORED_SHOWN)
+
+
+def refusal_reasons(source_id: int) -> dict[str, int]:
+    """Stored refusals of a source by reason (bad signature, too large, inactive…), most first."""
+    rows = db.session.execute(
+        select(InboundMessage.reason, func.count())
+        .where(InboundMessage.source_id == source_id, InboundMessage.outcome == Outcome.REFUSED)
+        .group_by(InboundMessage.reason)
+    ).all()
+    return dict(sorted(((reason or "unknown", n) for reason, n in rows), key=lambda r: (-r[1], r[0])))
 
 
 def throttled_since(source_ids: list[int], since: datetime, now: datetime | None = None) -> dict[int, int]:

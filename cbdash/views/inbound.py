@@ -50,10 +50,19 @@ def _read_body(limit: int) -> bytes | None:
     return None if len(data) > limit else data
 
 
+NOT_FOUND = '{"error": {"code": "not_found", "message": "There is no inbound webhook at this address."}}'
+
+
+# Every path under /hooks/ lands here (also ones with slashes, e.g. an encoded ../), so a
+# provider or a probe gets JSON, never the login redirect of an unmatched URL.
+@bp.route("/hooks/", defaults={"slug": ""}, methods=["GET", "POST"], strict_slashes=False)  # and /hooks
+@bp.route("/hooks/<path:slug>", methods=["GET", "POST"])
 @bp.route("/hooks/<slug>", methods=["GET", "POST"])
 @csrf.exempt  # providers sign their messages; there is no browser session to protect here
 def receive(slug: str) -> Response:
     """Public endpoint for third parties: verify, store as an event, answer at once."""
+    if not service.SLUG_RE.match(slug):
+        return Response(NOT_FOUND, status=404, content_type="application/json")
     if request.method != "POST":
         # Routed here (not left to the router) so a GET gets a plain 405, not a login redirect.
         response = Response(
@@ -164,6 +173,8 @@ def _panel_context() -> dict:
         "tabs": [Tab.ALL, Tab.ACTIVE, Tab.INACTIVE],
         "stats": service.outcome_counts(ids),
         "throttled": service.throttled_today(ids),
+        "unstored": service.unstored_refusals_recent(ids),
+        "stored_per_minute": service.REFUSALS_STORED,
         "presets": service.PRESETS,
         "mask": service.mask,
     }
@@ -184,8 +195,13 @@ def index() -> Response:
 @bp.get("/settings/inbound/table")
 @require("view")
 def table() -> Response:
-    """The tabs, search and table: the fragment tab switches swap."""
-    return _panel()
+    """The tabs, search and table: the fragment tab switches and the search swap."""
+    if not htmx.wants_fragment():
+        # Opened directly (a reload, a bookmark, a history restore): the page, as on Callbacks.
+        return htmx.add_vary(redirect(inbound_url(), code=302))  # type: ignore[arg-type]
+    response = _panel()
+    response.headers["HX-Push-Url"] = inbound_url()  # the address bar shows the page URL
+    return response
 
 
 def _get(source_id: int) -> InboundSource:
@@ -232,9 +248,23 @@ def new():  # type: ignore[no-untyped-def]
             {"slug": source.slug, "preset": source.preset, "definition": source.definition},
         )
         db.session.commit()
-        flash(f"Inbound source {source.slug} created. Give the provider its URL and secret.", "success")
+        flash(f"Inbound source {source.slug} created. {_next_step(source)}", "success")
         return redirect(url_for("inbound.detail", source_id=source.id), code=303)
     return _form_page(form, None, 422 if request.method == "POST" else 200)
+
+
+def _next_step(source: InboundSource) -> str:
+    """What to give the provider, worded for the source's preset."""
+    if source.preset == service.Preset.NONE:
+        return "Give the provider its URL: it has no secret, so anyone who knows the URL can post."
+    if source.preset == service.Preset.TOKEN:
+        return (
+            f"Give the provider its URL and the token (sent in {source.token_header} or as "
+            "Authorization: Bearer <token>); Reveal shows it."
+        )
+    if service.PRESETS[source.preset].generates_secret:
+        return "Give the provider its URL and the secret cbdash generated (Reveal shows it)."
+    return "Give the provider its URL; messages are verified with the secret the provider issued."
 
 
 @bp.route("/settings/inbound/<int:source_id>/edit", methods=["GET", "POST"])
@@ -314,9 +344,24 @@ def reveal(source_id: int):  # type: ignore[no-untyped-def]
     audit.record("inbound.reveal", "inbound_source", source.id, {"slug": source.slug})
     db.session.commit()
     if htmx.is_htmx():
-        return render_template("inbound/_secret.html", source=source, revealed=True, mask=service.mask)
+        return _secret_row(source, revealed=True)
     # No JavaScript: show the page with the secret, never put it in a URL or a flash.
     return _detail_page(source, revealed=True)
+
+
+@bp.get("/settings/inbound/<int:source_id>/secret")
+@require("view")
+def secret(source_id: int) -> Response:
+    """The masked secret row (what Hide swaps back in); without htmx, the source page."""
+    source = _get(source_id)
+    if htmx.is_htmx():
+        return _secret_row(source)
+    return htmx.add_vary(redirect(url_for("inbound.detail", source_id=source.id), code=302))  # type: ignore[arg-type]
+
+
+def _secret_row(source: InboundSource, revealed: bool = False) -> Response:
+    html = render_template("inbound/_secret.html", source=source, revealed=revealed, mask=service.mask)
+    return htmx.add_vary(make_response(html))
 
 
 def _messages_state() -> dict:
@@ -336,6 +381,10 @@ def _messages_context(source: InboundSource) -> dict:
     state["page"] = page
     stats = service.outcome_counts([source.id])[source.id]
     return {
+        "unstored": service.unstored_refusals_recent([source.id]).get(source.id, 0),
+        "stored_per_minute": service.REFUSALS_STORED,
+        "reasons": service.refusal_reasons(source.id) if stats[service.Outcome.REFUSED] else {},
+        "reason_labels": service.REASON_LABELS,
         "source": source,
         "rows": rows,
         "mstate": state,
@@ -377,6 +426,10 @@ def detail(source_id: int) -> Response:
 def messages(source_id: int) -> Response:
     """The recent-messages table of one source: the fragment its outcome tabs swap."""
     source = _get(source_id)
+    if not htmx.wants_fragment():
+        # Opened directly: the source page with the same tab and page, as the table does.
+        state = {k: v for k, v in _messages_state().items() if v not in ("", 1)}
+        return htmx.add_vary(redirect(url_for("inbound.detail", source_id=source.id, **state), code=302))  # type: ignore[arg-type]
     return htmx.add_vary(
         make_response(render_template("inbound/_messages.html", **_messages_context(source)))
     )
@@ -389,4 +442,13 @@ def message(source_id: int, message_id: int):  # type: ignore[no-untyped-def]
     msg = db.session.get(InboundMessage, message_id)
     if msg is None or msg.source_id != source.id:
         abort(404, description="No such message for this source.")
-    return render_template("inbound/message.html", source=source, m=msg, presets=service.PRESETS)
+    payload = msg.event.payload if msg.event is not None and msg.payload_is_text else None
+    raw = service.binary_body(payload, bool(msg.payload_is_text))
+    return render_template(
+        "inbound/message.html",
+        source=source,
+        m=msg,
+        presets=service.PRESETS,
+        binary=None if raw is None else service.escaped(raw[: service.EXCERPT]),
+        binary_size=0 if raw is None else len(raw),
+    )
