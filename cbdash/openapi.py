@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .constants import DeliveryKind
+from .constants import DeliveryKind, DeliveryStatus
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 _WINDOW = {"name": "window", "in": "query", "schema": {"type": "string", "enum": ["1h", "24h", "7d"]}}
@@ -23,6 +23,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "Missing or invalid token",
         403: "Role not allowed",
         404: "Not found",
+        409: "Conflict",
         413: "Payload too large",
     }
     return {str(c): _resp(text[c], ERROR) for c in codes}
@@ -30,6 +31,14 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 def _id_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "integer"}}
+
+
+def _query(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    param = {"name": name, "in": "query", "schema": schema}
+    return {**param, "description": description} if description else param
+
+
+UNKNOWN_PARAMS = "Bad input, including a query parameter this endpoint does not take (named in the error)"
 
 
 def document(payload_limit: int) -> dict[str, Any]:
@@ -73,7 +82,14 @@ def document(payload_limit: int) -> dict[str, Any]:
                 },
                 "CallbackInput": {
                     "type": "object",
-                    "properties": callback_props,
+                    "properties": {
+                        **callback_props,
+                        "status": {
+                            "type": "string",
+                            "enum": ["active", "inactive"],
+                            "description": "Instead of active (not both); errors are reported under status",
+                        },
+                    },
                     "additionalProperties": False,
                 },
                 "Callback": {
@@ -84,9 +100,30 @@ def document(payload_limit: int) -> dict[str, Any]:
                         "status": {"type": "string", "enum": ["active", "inactive"]},
                         "inactive_reason": {"type": "string", "nullable": True},
                         "health": {"type": "string", "enum": ["healthy", "failing", "disabled"]},
-                        "secret": {"type": "string", "description": "masked"},
+                        "secret": {
+                            "type": "string",
+                            "description": "Masked. The full secret is in the create answer only, and at "
+                            "GET /callbacks/{id}/secret",
+                        },
                         "created_at": {"type": "string", "format": "date-time"},
                     },
+                },
+                "CallbackCreated": {
+                    "allOf": [
+                        {"$ref": "#/components/schemas/Callback"},
+                        {
+                            "type": "object",
+                            "properties": {
+                                "secret": {
+                                    "type": "string",
+                                    "description": "The full signing secret, shown only in this response: "
+                                    "store it to verify the webhook-signature header. Later answers mask "
+                                    "it; GET /callbacks/{id}/secret shows it again (admin tokens, "
+                                    "audit-logged).",
+                                }
+                            },
+                        },
+                    ]
                 },
                 "Delivery": {
                     "type": "object",
@@ -132,6 +169,10 @@ def document(payload_limit: int) -> dict[str, Any]:
                             "in": "header",
                             "required": False,
                             "schema": {"type": "string", "maxLength": 255},
+                            "description": "Names one request. Repeating it with the same definition "
+                            "and payload returns the first result (idempotent_replay: true) and creates "
+                            "nothing; with a different definition or payload the answer is 409 "
+                            "idempotency_key_reused and nothing is created.",
                         }
                     ],
                     "requestBody": {
@@ -154,11 +195,22 @@ def document(payload_limit: int) -> dict[str, Any]:
                                 "type": "object",
                                 "properties": {
                                     "event_id": {"type": "string"},
+                                    "definition": {"type": "string"},
                                     "delivery_ids": {"type": "array", "items": {"type": "integer"}},
+                                    "idempotent_replay": {
+                                        "type": "boolean",
+                                        "description": "Present (true) when this is the first result of a "
+                                        "repeated Idempotency-Key",
+                                    },
                                 },
                             },
                         ),
                         **_errors(400, 401, 403, 413),
+                        "409": _resp(
+                            "idempotency_key_reused: the Idempotency-Key was used before with a different "
+                            "definition or payload; nothing was created",
+                            ERROR,
+                        ),
                     },
                 }
             },
@@ -166,13 +218,16 @@ def document(payload_limit: int) -> dict[str, Any]:
                 "get": {
                     "summary": "List callbacks",
                     "parameters": [
-                        {
-                            "name": "status",
-                            "in": "query",
-                            "schema": {"type": "string", "enum": ["all", "active", "inactive"]},
-                        }
+                        _query("status", {"type": "string", "enum": ["all", "active", "inactive"]}, "Tab"),
+                        _query("q", {"type": "string"}, "Search in definition names and URLs"),
+                        _query("page", {"type": "integer", "minimum": 1}, "Page number"),
+                        _query("per_page", {"type": "integer", "minimum": 1, "maximum": 200}, "Page size"),
                     ],
-                    "responses": {"200": _resp("Callbacks"), **_errors(400, 401)},
+                    "responses": {
+                        "200": _resp("Callbacks"),
+                        "400": _resp(UNKNOWN_PARAMS, ERROR),
+                        **_errors(401),
+                    },
                 },
                 "post": {
                     "summary": "Create a callback",
@@ -183,7 +238,10 @@ def document(payload_limit: int) -> dict[str, Any]:
                         },
                     },
                     "responses": {
-                        "201": _resp("Created", {"$ref": "#/components/schemas/Callback"}),
+                        "201": _resp(
+                            "Created; the only answer with the full signing secret",
+                            {"$ref": "#/components/schemas/CallbackCreated"},
+                        ),
                         **_errors(400, 401, 403),
                     },
                 },
@@ -218,6 +276,31 @@ def document(payload_limit: int) -> dict[str, Any]:
                     "summary": "Send a test ping",
                     "responses": {
                         "202": _resp("Queued", {"$ref": "#/components/schemas/Delivery"}),
+                        **_errors(401, 403, 404),
+                    },
+                },
+            },
+            "/callbacks/{id}/secret": {
+                "parameters": [_id_param("id")],
+                "get": {
+                    "summary": "The signing secret in full, and the previous one while it still signs "
+                    "alongside after a rotation (tokens whose role may reveal secrets; audit-logged)",
+                    "responses": {
+                        "200": _resp(
+                            "Secret",
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "secret": {"type": "string"},
+                                    "previous_secret": {"type": "string", "nullable": True},
+                                    "previous_secret_expires_at": {
+                                        "type": "string",
+                                        "format": "date-time",
+                                        "nullable": True,
+                                    },
+                                },
+                            },
+                        ),
                         **_errors(401, 403, 404),
                     },
                 },
@@ -329,13 +412,17 @@ def document(payload_limit: int) -> dict[str, Any]:
                 "get": {
                     "summary": "List deliveries, newest first",
                     "parameters": [
-                        {"name": "callback_id", "in": "query", "schema": {"type": "integer"}},
-                        {"name": "status", "in": "query", "schema": {"type": "string"}},
-                        {"name": "kind", "in": "query", "schema": {"type": "string"}},
-                        {"name": "limit", "in": "query", "schema": {"type": "integer"}},
-                        {"name": "before_id", "in": "query", "schema": {"type": "integer"}},
+                        _query("callback_id", {"type": "integer"}, "Deliveries of one callback"),
+                        _query("status", {"type": "string", "enum": [s.value for s in DeliveryStatus]}),
+                        _query("kind", {"type": "string", "enum": [k.value for k in DeliveryKind]}),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "Page size"),
+                        _query("before_id", {"type": "integer"}, "Older than this id (next_before_id)"),
                     ],
-                    "responses": {"200": _resp("Deliveries"), **_errors(400, 401)},
+                    "responses": {
+                        "200": _resp("Deliveries"),
+                        "400": _resp(UNKNOWN_PARAMS, ERROR),
+                        **_errors(401),
+                    },
                 }
             },
             "/deliveries/{id}": {

@@ -107,7 +107,7 @@ def test_a_repeated_idempotency_key_returns_the_first_result(app, client, auth, 
     make_callback(receiver.url())
     headers = {"Idempotency-Key": "order-42-created"}
     first = _post(client, auth, headers=headers)
-    again = _post(client, auth, payload={"something": "else"}, headers=headers)
+    again = _post(client, auth, headers=headers)  # the same request (a different one is 409: test_api)
     assert first.status_code == again.status_code == 202
     assert again.get_json()["idempotent_replay"] is True
     assert again.get_json()["delivery_ids"] == first.get_json()["delivery_ids"]

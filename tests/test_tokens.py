@@ -166,3 +166,26 @@ def test_lowercase_bearer_scheme_is_accepted(app, client, live_token) -> None:  
     assert (
         client.get("/api/v1/callbacks", headers={"Authorization": f"bearer {live_token}"}).status_code == 200
     )
+
+
+def _selected_roles(html: bytes) -> list[str]:
+    from tests.htmlq import parse
+
+    select_el = parse(html).by_id("token-role")
+    return [o.attrs["value"] for o in select_el.find_all("option") if "selected" in o.attrs]
+
+
+def test_token_form_defaults_to_the_least_privileged_role(app, client) -> None:  # type: ignore[no-untyped-def]
+    login(client)
+    assert _selected_roles(client.get("/settings/tokens").data) == ["viewer"]
+    # A refused submission keeps the role that was chosen...
+    refused = client.post("/settings/tokens", data={"name": "", "role": "admin"})
+    assert refused.status_code == 422 and _selected_roles(refused.data) == ["admin"]
+    tampered = client.post("/settings/tokens", data={"name": "", "role": "root"})
+    assert tampered.status_code == 422 and _selected_roles(tampered.data) == ["viewer"]
+    # ...and after a token is created the form starts over at viewer.
+    created = client.post("/settings/tokens", data={"name": "crm", "role": "admin"})
+    assert created.status_code == 201 and _selected_roles(created.data) == ["viewer"]
+    # A form posted without choosing (no role field) is refused, never made admin.
+    assert client.post("/settings/tokens", data={"name": "x"}).status_code == 422
+    assert [r.role for r in db.session.scalars(select(ApiToken))] == ["admin"]

@@ -39,9 +39,11 @@ def validate(data: dict[str, Any], *, partial: bool = False) -> tuple[dict[str, 
     if "definition" in data or not partial:
         name = data.get("definition")
         name = name.strip() if isinstance(name, str) else name
-        if not name:
+        if name is None or name == "":
             errors["definition"] = "Enter a definition name."
-        elif not isinstance(name, str) or not NAME_RE.match(name):
+        elif not isinstance(name, str):
+            errors["definition"] = "The definition name must be text, for example order.created."
+        elif not NAME_RE.match(name):
             errors["definition"] = (
                 "Use 3–100 lowercase letters, digits, dots, dashes or underscores "
                 "(for example order.created)."
@@ -52,10 +54,10 @@ def validate(data: dict[str, Any], *, partial: bool = False) -> tuple[dict[str, 
     if "url" in data or not partial:
         url = data.get("url")
         url = url.strip() if isinstance(url, str) else url
-        if not url:
+        if url is None or url == "":
             errors["url"] = "Enter the URL to call."
         elif not isinstance(url, str):
-            errors["url"] = "The URL must be a string."
+            errors["url"] = "The URL must be text, for example https://example.com/hook."
         else:
             try:
                 ssrf.check_target(url, cfg.policy)
@@ -89,8 +91,11 @@ def validate(data: dict[str, Any], *, partial: bool = False) -> tuple[dict[str, 
             clean["active"] = active
 
     if "description" in data:
-        desc = data.get("description") or ""
-        if not isinstance(desc, str) or len(desc) > 2000:
+        desc = data.get("description")
+        desc = "" if desc is None else desc
+        if not isinstance(desc, str):
+            errors["description"] = "The description must be text."
+        elif len(desc) > 2000:
             errors["description"] = "Keep the description under 2000 characters."
         else:
             clean["description"] = desc.strip()
@@ -104,8 +109,12 @@ def validate(data: dict[str, Any], *, partial: bool = False) -> tuple[dict[str, 
 
     if "retry_schedule" in data:
         raw = data.get("retry_schedule")
-        if raw in (None, ""):
+        if raw is None or raw == "":
             clean["retry_schedule"] = None
+        elif isinstance(raw, bool) or not isinstance(raw, (str, int, list)):
+            errors["retry_schedule"] = (
+                "The retry schedule must be text like 5,300,1800 or a list of whole numbers of seconds."
+            )
         else:
             text = ",".join(str(x) for x in raw) if isinstance(raw, list) else str(raw)
             try:
@@ -123,7 +132,7 @@ def validate(data: dict[str, Any], *, partial: bool = False) -> tuple[dict[str, 
 
 def parse_headers(raw: Any) -> tuple[dict[str, str], str | None]:
     """Accept a dict or ``Name: value`` lines; return (headers, error)."""
-    if raw in (None, "", {}):
+    if raw is None or raw == "" or raw == {}:
         return {}, None
     if isinstance(raw, str):
         pairs = []
@@ -146,7 +155,9 @@ def parse_headers(raw: Any) -> tuple[dict[str, str], str | None]:
             return {}, f"“{str(name)[:40]}” is not a valid header name."
         if name.lower() in RESERVED_HEADERS:
             return {}, f"{name} is set by cbdash and cannot be overridden."
-        if not isinstance(value, str) or len(value) > 1000 or any(c in value for c in "\r\n\0"):
+        if not isinstance(value, str):
+            return {}, f"The value of {name} must be text."
+        if len(value) > 1000 or any(c in value for c in "\r\n\0"):
             return {}, f"The value of {name} must be text without line breaks, up to 1000 chars."
         headers[name] = value
     return headers, None

@@ -13,13 +13,15 @@ from werkzeug.exceptions import HTTPException
 from .. import dispatch, serializers
 from ..constants import DeliveryKind, DeliveryStatus
 from ..extensions import db
-from ..models import Callback, Delivery, Event
+from ..formatting import iso
+from ..models import Callback, Delivery, Event, utcnow
 from ..permissions import allowed
 from ..services import audit, callbacks, delivery, ingest, settings
 from ..services import tokens as token_service
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 EVENT_FIELDS = {"definition", "payload"}
+UNAUTHORIZED = "A valid API token is required (Authorization: Bearer <token>)."
 
 
 class ApiError(Exception):
@@ -46,8 +48,39 @@ def _authenticate() -> None:
     token = token_service.authenticate(request.headers.get("Authorization"))
     if token is None:
         # Cookies are never accepted here: a logged-in browser cannot be tricked into calls.
-        raise ApiError(401, "unauthorized", "A valid API token is required (Authorization: Bearer <token>).")
+        raise ApiError(401, "unauthorized", UNAUTHORIZED)
     g.api_token = token
+
+
+# Routes take ids up to the database's 64-bit limit (``int`` is web.BoundedInt).
+MAX_ID = 2**63 - 1
+_ID_OWNERS = {"callbacks": "callback", "deliveries": "delivery"}
+
+
+def _out_of_range_id() -> ApiError | None:
+    """404 for an id in the path beyond any row's: "no such callback", like any missing id."""
+    parts = request.path.split("/")
+    for before, part in zip(parts, parts[1:], strict=False):
+        digits = part.lstrip("0")
+        if part.isascii() and part.isdigit() and (len(digits) > 19 or int(digits or 0) > MAX_ID):
+            shown = part if len(part) <= 30 else part[:30] + "…"
+            return ApiError(404, "not_found", f"No {_ID_OWNERS.get(before, 'object')} with id {shown}.")
+    return None
+
+
+@bp.before_app_request
+def _out_of_range_route() -> Response | None:
+    # Werkzeug picks the <int:...> route first and only then finds the number too big, so
+    # it answers a bare 404, or a 405 for PATCH/DELETE (naming GET) — never reaching this
+    # blueprint. Answer as for a missing id instead, after the usual token check.
+    if request.routing_exception is None or not request.path.startswith(bp.url_prefix + "/"):
+        return None
+    error = _out_of_range_id()
+    if error is None:
+        return None
+    if token_service.authenticate(request.headers.get("Authorization")) is None:
+        error = ApiError(401, "unauthorized", UNAUTHORIZED)
+    return _api_error(error)
 
 
 def _need(permission: str) -> None:
@@ -101,6 +134,24 @@ def _unknown(data: dict[str, Any], known: set[str]) -> None:
         )
 
 
+# Query parameters each list endpoint takes (as in the OpenAPI document). Anything else
+# is refused by name: a filter that was silently ignored would answer the wrong question.
+CALLBACK_LIST_PARAMS = ("status", "q", "page", "per_page")
+DELIVERY_LIST_PARAMS = ("callback_id", "status", "kind", "limit", "before_id")
+
+
+def _known_params(known: tuple[str, ...]) -> None:
+    extra = sorted(set(request.args) - set(known))
+    if extra:
+        shown = [name[:40] for name in extra[:10]]
+        raise ApiError(
+            400,
+            "unknown_parameters",
+            f"Unknown query parameters: {', '.join(shown)}. This endpoint takes {', '.join(known)}.",
+            {name: "Unknown parameter." for name in shown},
+        )
+
+
 def _int_arg(name: str) -> int | None:
     raw = request.args.get(name)
     if raw in (None, ""):
@@ -125,6 +176,35 @@ def _event_response(event: Event) -> dict[str, Any]:
         )
     )
     return {"event_id": event.uid, "definition": event.definition, "delivery_ids": ids}
+
+
+def _canonical(value: Any) -> str:
+    """One spelling of a JSON value: key order and spacing do not make two payloads differ."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _replay(existing: Event, key: str, definition: str, payload: Any):  # type: ignore[no-untyped-def]
+    """The first result for a repeated Idempotency-Key, or 409 when the request differs.
+
+    As Stripe does: a key names one request. Answering a different definition or
+    payload with the first event's result would drop the second event silently.
+    """
+    differs: dict[str, str] = {}
+    if existing.definition != definition:
+        differs["definition"] = f"The first request with this key had definition {existing.definition}."
+    if _canonical(existing.payload) != _canonical(payload):
+        differs["payload"] = "Differs from the payload of the first request with this key."
+    if differs:
+        raise ApiError(
+            409,
+            "idempotency_key_reused",
+            f"Idempotency-Key {key!r} was already used for event {existing.uid} with a different "
+            + " and ".join(differs)
+            + ". Nothing was created: send a new key for a new event, or repeat the first "
+            "request unchanged to get its result.",
+            differs,
+        )
+    return jsonify({**_event_response(existing), "idempotent_replay": True}), 202
 
 
 @bp.post("/events")
@@ -152,7 +232,7 @@ def create_event():  # type: ignore[no-untyped-def]
         raise ApiError(400, "invalid_header", "Idempotency-Key must be 1–255 characters.")
     existing = db.session.scalar(select(Event).where(Event.idempotency_key == key))
     if existing is not None:
-        return jsonify({**_event_response(existing), "idempotent_replay": True}), 202
+        return _replay(existing, key, definition, data["payload"])
     # A key is unique in the database: written alone, so a clash fails only this request.
     new = ingest.record_event(definition, data["payload"], idempotency_key=key)
     try:
@@ -162,16 +242,35 @@ def create_event():  # type: ignore[no-untyped-def]
         existing = db.session.scalar(select(Event).where(Event.idempotency_key == key))
         if existing is None:
             raise
-        return jsonify({**_event_response(existing), "idempotent_replay": True}), 202
+        return _replay(existing, key, definition, data["payload"])
     # Written with enqueued_at set (one commit).
     dispatch.ring_soon(new.delivery_ids)
     return jsonify({"event_id": new.uid, "definition": definition, "delivery_ids": new.delivery_ids}), 202
 
 
-def _status_alias(data: dict[str, Any]) -> None:
-    """Accept ``"status": "active"|"inactive"`` too: it is what the callback JSON shows."""
-    if "status" in data and "active" not in data:
+def _validate_callback(data: dict[str, Any], *, partial: bool = False) -> dict[str, Any]:
+    """Clean callback fields, or 400 naming each bad field as the client sent it.
+
+    ``"status": "active"|"inactive"`` is accepted as well as ``active``: it is what the
+    callback JSON shows. Its errors are reported under ``status``, the field that was sent.
+    """
+    if "status" in data and "active" in data:
+        raise ApiError(
+            400,
+            "invalid_fields",
+            "Send either status or active, not both.",
+            {"status": "Send either status or active, not both."},
+        )
+    via_status = "status" in data
+    if via_status:
         data["active"] = data.pop("status")
+    _unknown(data, callbacks.FIELDS)
+    clean, errors = callbacks.validate(data, partial=partial)
+    if via_status and "active" in errors:
+        errors["status"] = errors.pop("active")
+    if errors:
+        raise ApiError(400, "invalid_fields", "Some fields are not valid.", errors)
+    return clean
 
 
 def _get_callback(callback_id: int) -> Callback:
@@ -187,6 +286,7 @@ def _failing_after() -> int:
 
 @bp.get("/callbacks")
 def list_callbacks():  # type: ignore[no-untyped-def]
+    _known_params(CALLBACK_LIST_PARAMS)
     status = request.args.get("status", "all")
     if status not in {"all", "active", "inactive"}:
         raise ApiError(400, "invalid_parameter", "status must be all, active or inactive.")
@@ -206,17 +306,14 @@ def list_callbacks():  # type: ignore[no-untyped-def]
 @bp.post("/callbacks")
 def create_callback():  # type: ignore[no-untyped-def]
     _need("manage")
-    data = _json_body()
-    _status_alias(data)
-    _unknown(data, callbacks.FIELDS)
-    clean, errors = callbacks.validate(data)
-    if errors:
-        raise ApiError(400, "invalid_fields", "Some fields are not valid.", errors)
+    clean = _validate_callback(_json_body())
     cb = callbacks.create(clean)
     db.session.flush()
     audit.record("callback.create", "callback", cb.id, {"definition": cb.definition, "url": cb.url})
     db.session.commit()
-    return jsonify(serializers.callback(cb, _failing_after())), 201
+    # The one answer that carries the signing secret in full, so that an API-only user can
+    # verify signatures; afterwards it is masked (GET /callbacks/<id>/secret shows it again).
+    return jsonify({**serializers.callback(cb, _failing_after()), "secret": cb.secret}), 201
 
 
 @bp.get("/callbacks/<int:callback_id>")
@@ -228,12 +325,7 @@ def get_callback(callback_id: int):  # type: ignore[no-untyped-def]
 def update_callback(callback_id: int):  # type: ignore[no-untyped-def]
     _need("manage")
     cb = _get_callback(callback_id)
-    data = _json_body()
-    _status_alias(data)
-    _unknown(data, callbacks.FIELDS)
-    clean, errors = callbacks.validate(data, partial=True)
-    if errors:
-        raise ApiError(400, "invalid_fields", "Some fields are not valid.", errors)
+    clean = _validate_callback(_json_body(), partial=True)
     changes = callbacks.update(cb, clean)
     if changes:
         action = "callback.edit"
@@ -265,6 +357,25 @@ def ping_callback(callback_id: int):  # type: ignore[no-untyped-def]
     return jsonify(serializers.delivery(d)), 202
 
 
+@bp.get("/callbacks/<int:callback_id>/secret")
+def reveal_secret(callback_id: int):  # type: ignore[no-untyped-def]
+    """The signing secret in full: the API's Reveal, for the roles that may reveal in the UI."""
+    _need("secrets")
+    cb = _get_callback(callback_id)
+    previous = None
+    if cb.previous_secret and cb.previous_secret_expires_at and cb.previous_secret_expires_at > utcnow():
+        previous = cb.previous_secret  # still signing alongside during the rotation overlap
+    audit.record("callback.reveal_secret", "callback", cb.id, {"definition": cb.definition})
+    db.session.commit()
+    return jsonify(
+        {
+            "secret": cb.secret,
+            "previous_secret": previous,
+            "previous_secret_expires_at": iso(cb.previous_secret_expires_at) if previous else None,
+        }
+    )
+
+
 @bp.post("/callbacks/<int:callback_id>/rotate-secret")
 def rotate_secret(callback_id: int):  # type: ignore[no-untyped-def]
     _need("secrets")
@@ -277,6 +388,7 @@ def rotate_secret(callback_id: int):  # type: ignore[no-untyped-def]
 
 @bp.get("/deliveries")
 def list_deliveries():  # type: ignore[no-untyped-def]
+    _known_params(DELIVERY_LIST_PARAMS)
     stmt = select(Delivery)
     callback_id = _int_arg("callback_id")
     if callback_id is not None:
@@ -338,6 +450,9 @@ def openapi():  # type: ignore[no-untyped-def]
 
 @bp.route("/<path:_rest>", methods=["GET", "POST", "PATCH", "PUT", "DELETE"])
 def not_found(_rest: str):  # type: ignore[no-untyped-def]
+    out_of_range = _out_of_range_id()
+    if out_of_range is not None:
+        raise out_of_range
     # This catch-all also wins when a real endpoint exists for another method:
     # answer 405 with Allow then, as a client debugging its call would expect.
     adapter = current_app.url_map.bind_to_environ(request.environ)
