@@ -50,6 +50,12 @@ def seconds(n: int | None) -> str:
     return f"{n} second" if n == 1 else f"{n} seconds"
 
 
+def plural(n: int | None, singular: str, plural_form: str | None = None) -> str:
+    """``3|plural('event')`` -> "3 events", ``1|plural('match', 'matches')`` -> "1 match"."""
+    n = n or 0
+    return f"{n:,} {singular if n == 1 else (plural_form or singular + 's')}"
+
+
 def ms(value: float | None) -> str:
     if value is None:
         return "—"
@@ -110,5 +116,6 @@ def register(app) -> None:  # type: ignore[no-untyped-def]
         mask_url=mask_url,
         show_bytes=show_bytes,
         filesize=filesize,
+        plural=plural,
     )
     app.jinja_env.globals.update(tz_label=tz_label, escape=escape)

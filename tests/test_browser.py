@@ -203,3 +203,118 @@ def test_tabs_work_with_javascript_off(live_server, browser):
     page.wait_for_url(live_server + "/settings/callbacks?status=inactive")
     assert page.locator("div.empty-state h2").inner_text() == "No inactive callbacks"
     context.close()
+
+
+def _console_errors(page) -> list[str]:  # type: ignore[no-untyped-def]
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    return problems
+
+
+def test_failed_test_ping_takes_the_row_out_of_sending(app, live_server, browser, receiver):
+    from playwright.sync_api import expect
+
+    live = seed(receiver.url())
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    sign_in(page, live_server)
+    box = page.locator(f"#ping-{live.id}")
+    button = page.locator(f"#callback-{live.id} button:has-text('Send test ping')")
+
+    # A stale CSRF token: the server refuses the post with 400 and explains it in HX-Trigger.
+    stale = "Your session has changed or the page is stale. Reload the page and try again."
+    page.route(
+        "**/ping",
+        lambda route: route.fulfill(
+            status=400,
+            headers={"HX-Reswap": "none", "HX-Trigger": '{"cbdash:error": "' + stale + '"}'},
+            body=stale,
+        ),
+    )
+    button.click()
+    expect(box).to_have_class("ping-result ping-fail")
+    expect(box).to_contain_text("Not sent")
+    expect(box).to_contain_text(stale)
+    assert "sending" not in box.inner_text()
+    expect(page.locator("#toasts .toast-error")).to_contain_text(stale)
+    expect(button).to_be_enabled()  # and the user can try again
+
+    # The network is cut: same, with the connection named as the cause.
+    page.unroute("**/ping")
+    page.route("**/ping", lambda route: route.abort("connectionrefused"))
+    button.click()
+    expect(box).to_contain_text("cannot reach the server")
+    expect(box).to_have_class("ping-result ping-fail")
+    assert page.locator(".ping-sending").count() == 0
+
+    # The ping goes out but asking for its result fails: the row stops polling and offers a retry.
+    page.unroute("**/ping")
+
+    def polls(url: str) -> bool:
+        return "/ping/" in url
+
+    page.route(polls, lambda route: route.abort("connectionrefused"))
+    button.click()
+    expect(box).to_contain_text("Result unavailable")
+    assert page.locator(".ping-sending").count() == 0
+    page.unroute(polls)
+    run_worker(app)
+    box.locator("button:has-text('Check again')").click()
+    page.locator(f"#ping-{live.id}.ping-ok").wait_for(timeout=10_000)
+    assert "200" in box.inner_text()
+
+
+def test_deleting_the_last_rows_of_page_two_puts_page_one_in_the_address_bar(live_server, browser):
+    from playwright.sync_api import expect
+
+    for i in range(30):
+        cb = make_callback(f"https://webhook.test/{i}", f"order.n{i:02d}")
+        cb.created_at = datetime(2025, 1, 1 + i)
+    db.session.commit()
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems = _console_errors(page)
+    sign_in(page, live_server)
+    page.goto(live_server + "/settings/callbacks?page=2")
+    assert names(page) == [f"order.n{i:02d}" for i in range(4, -1, -1)]
+    page.on("dialog", lambda d: d.accept())
+    for left in range(5, 0, -1):
+        row = page.locator("#callbacks-table tr.cb-row").first
+        row.locator("summary").click()
+        row.locator("button:has-text('Delete')").click()
+        expect(page.locator("a.tab .tab-count").first).to_have_text(str(25 + left - 1))
+        if left > 1:
+            assert page.url == live_server + "/settings/callbacks?page=2"
+    # Page 2 is gone: the table shows page 1 and the address bar says so.
+    expect(page.locator("#callbacks-table tr.cb-row")).to_have_count(25)
+    assert page.url == live_server + "/settings/callbacks"
+    # Reload shows the same rows.
+    shown = names(page)
+    page.reload()
+    assert names(page) == shown
+    assert problems == []
+
+
+def test_enter_in_the_search_box_sends_one_request(live_server, browser):
+    from playwright.sync_api import expect
+
+    seed("https://webhook.test/live")
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems = _console_errors(page)
+    sign_in(page, live_server)
+    searches: list[str] = []
+    page.on("request", lambda r: searches.append(r.url) if "/table" in r.url else None)
+    box = page.locator("#callback-search")
+    box.fill("131")
+    box.press("Enter")
+    page.wait_for_url(live_server + "/settings/callbacks?q=131")
+    expect(page.locator("#callbacks-table a.def-name")).to_have_count(1)
+    time.sleep(0.8)  # past the type-ahead delay: a second request would have gone by now
+    assert searches == [live_server + "/settings/callbacks/table?q=131"]
+    # Enter again on the same text: one more request, still nothing aborted.
+    box.press("Enter")
+    deadline = time.monotonic() + 5
+    while len(searches) < 2 and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    time.sleep(0.6)
+    assert len(searches) == 2
+    assert problems == []

@@ -366,6 +366,53 @@ def test_delete_via_htmx_removes_the_row_and_updates_counts(admin):
     assert admin.get(f"{PAGE}/{b.id}").status_code == 404
 
 
+def _seed_pages(n: int) -> list[Callback]:
+    """``n`` callbacks, newest last: with PAGE_SIZE 5 the oldest ones fill page 2."""
+    made = []
+    for i in range(n):
+        cb = make_callback(f"https://webhook.test/{i}", f"order.n{i}")
+        cb.created_at = datetime(2025, 1, 1 + i)
+        made.append(cb)
+    db.session.commit()
+    return made
+
+
+def test_deleting_the_last_row_of_a_page_corrects_the_address_bar(admin):
+    made = _seed_pages(7)
+    state = {"status": "all", "sort": "newest", "page": "2"}
+    # Page 2 keeps a row: the URL stays on page 2.
+    r = admin.post(f"{PAGE}/{made[0].id}/delete", data=state, headers=HX)
+    assert r.status_code == 200
+    assert r.headers["HX-Replace-Url"] == "/settings/callbacks?page=2"
+    assert "HX-Push-Url" not in r.headers
+    assert row_names(r.data) == ["order.n1"]
+    # Its last row goes: the panel shows page 1, and the URL must say page 1, not ?page=2.
+    r = admin.post(f"{PAGE}/{made[1].id}/delete", data=state, headers=HX)
+    assert row_names(r.data) == ["order.n6", "order.n5", "order.n4", "order.n3", "order.n2"]
+    assert r.headers["HX-Replace-Url"] == "/settings/callbacks"
+    assert "page 2" not in r.get_data(as_text=True)
+
+
+def test_deactivating_the_last_row_of_a_tab_page_corrects_the_address_bar(admin):
+    made = _seed_pages(6)
+    state = {"status": "active", "sort": "newest", "page": "2", "q": "order"}
+    r = admin.post(f"{PAGE}/{made[0].id}/toggle", data=state, headers=HX)
+    assert r.headers["HX-Replace-Url"] == "/settings/callbacks?status=active&q=order"
+
+
+def test_plain_delete_of_a_pages_last_row_redirects_to_the_page_shown(admin):
+    made = _seed_pages(6)
+    r = admin.post(f"{PAGE}/{made[0].id}/delete", data={"status": "all", "sort": "oldest", "page": "2"})
+    assert r.status_code == 303
+    assert r.headers["Location"] == "/settings/callbacks?sort=oldest"
+
+
+def test_table_fragment_past_the_end_pushes_the_page_it_shows(admin):
+    _seed_pages(7)
+    r = admin.get(TABLE + "?page=9", headers=HX)
+    assert r.headers["HX-Push-Url"] == "/settings/callbacks?page=2"
+
+
 def test_delete_without_javascript_confirms_on_a_page_then_returns_to_the_list(admin):
     _a, b, _c = seed_demo()
     # The row's Delete is a GET form to the confirmation page carrying the list state.
@@ -610,6 +657,70 @@ def test_signed_out_htmx_request_gets_a_redirect_header_not_a_login_page(client)
     assert r.status_code == 401
     assert r.headers["HX-Redirect"].startswith("/login")
     assert b"<form" not in r.data
+
+
+# Counts read as English ------------------------------------------------------------------
+
+
+def test_plural_filter_counts_one_and_many():
+    from cbdash.formatting import plural
+
+    assert plural(1, "event") == "1 event"
+    assert plural(0, "event") == "0 events"
+    assert plural(1234, "delivery", "deliveries") == "1,234 deliveries"
+    assert plural(1, "match", "matches") == "1 match"
+
+
+def test_one_callback_is_counted_in_the_singular(admin):
+    make_callback("https://webhook.test/1", "order.created")
+    doc = parse(admin.get(PAGE + "?status=all").data)
+    labels = [a.find("span", class_="tab-count").attrs["aria-label"] for a in doc.find_all("a", class_="tab")]
+    assert labels == ["1 callback", "1 callback", "0 callbacks"]
+    assert doc.find("div", class_="table-meta").find("span").text == "1 callback"
+    meta = parse(admin.get(PAGE + "?q=order").data).find("div", class_="table-meta").find("span").text
+    assert meta == "1 match for “order”"
+
+
+def _auto_disabled_with_missed(app, count: int) -> Callback:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from cbdash.constants import AUTO_DISABLED_PREFIX
+    from cbdash.models import utcnow
+    from cbdash.services import callbacks as callbacks_service
+    from cbdash.services import delivery
+
+    cb = make_callback("https://webhook.test/hook", "order.created")
+    callbacks_service.set_active(cb, False, AUTO_DISABLED_PREFIX + "410 Gone")
+    cb.disabled_at = utcnow() - timedelta(minutes=1)
+    db.session.commit()
+    for _ in range(count):
+        delivery.create_event("order.created", {"n": 1})
+    db.session.commit()
+    return cb
+
+
+def test_reenable_page_says_one_event_not_one_events(app, admin):
+    cb = _auto_disabled_with_missed(app, 1)
+    r = admin.get(f"{PAGE}/{cb.id}/reenable")
+    assert r.status_code == 200
+    doc = parse(r.data)
+    assert doc.by_id("missed-count").text == "1"
+    missed = doc.find("dl", class_="facts").find_all("dd")[-1].text
+    assert "1 event of order.created since then" in " ".join(missed.split())
+    body = r.get_data(as_text=True)
+    assert "Re-enable and replay 1 missed event<" in body
+    assert "1 events" not in body and "1 missed events" not in body
+    r = admin.post(f"{PAGE}/{cb.id}/reenable", data={"replay": "1"}, follow_redirects=True)
+    body = r.get_data(as_text=True)
+    assert "Replaying 1 missed event," in body and "1 missed events" not in body
+
+
+def test_reenable_page_counts_several_events_in_the_plural(app, admin):
+    cb = _auto_disabled_with_missed(app, 2)
+    r = admin.get(f"{PAGE}/{cb.id}/reenable")
+    missed = parse(r.data).find("dl", class_="facts").find_all("dd")[-1].text
+    assert "2 events of order.created since then" in " ".join(missed.split())
+    assert "Re-enable and replay 2 missed events<" in r.get_data(as_text=True)
 
 
 # Detail page ----------------------------------------------------------------------------

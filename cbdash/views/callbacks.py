@@ -82,9 +82,17 @@ def callbacks_url(endpoint: str = "callbacks.index", **changes) -> str:  # type:
     return url_for(endpoint, **args)
 
 
+def _shown_url(context: dict) -> str:
+    """The page URL of what the panel shows: a page past the end (say, after its last rows
+    were deleted) shows the last page, and the address bar must say so."""
+    return callbacks_url(page=context["listing"].page)
+
+
 def _render_panel(status: int = 200):  # type: ignore[no-untyped-def]
-    response = make_response(render_template("callbacks/_panel.html", **_panel_context(_state())), status)
-    return htmx.add_vary(response)
+    """The panel fragment, and the page URL of what it shows."""
+    context = _panel_context(_state())
+    response = make_response(render_template("callbacks/_panel.html", **context), status)
+    return htmx.add_vary(response), _shown_url(context)
 
 
 @bp.get("")
@@ -101,11 +109,11 @@ def table():  # type: ignore[no-untyped-def]
         # A browser (or a history restore) asking for the fragment URL gets the page instead,
         # so a bare fragment can never become the whole document.
         return htmx.add_vary(redirect(callbacks_url(), code=302))
-    response = _render_panel()
+    response, shown = _render_panel()
     # The address bar shows the page URL, never the fragment URL. Search-as-you-type
     # replaces the entry instead of stacking one history entry per keystroke.
     header = "HX-Replace-Url" if request.headers.get("HX-Trigger") == "callbacks-search" else "HX-Push-Url"
-    response.headers[header] = callbacks_url()
+    response.headers[header] = shown
     return response
 
 
@@ -133,10 +141,14 @@ def _get(callback_id: int) -> Callback:
 def _after_action(message: str):  # type: ignore[no-untyped-def]
     """htmx: the refreshed panel (table and counts); plain form post: 303 back to the same view."""
     if htmx.is_htmx():
-        response = _render_panel()
+        response, shown = _render_panel()
+        # The action may have emptied the page the user was on (its last rows deleted or
+        # moved to another tab): the panel then shows the last page, and the address bar
+        # is corrected in place (no new history entry: the user did not navigate).
+        response.headers["HX-Replace-Url"] = shown
         return htmx.trigger(response, json.dumps({"cbdash:notice": message}))
     flash(message, "success")
-    return htmx.add_vary(redirect(callbacks_url(), code=303))
+    return htmx.add_vary(redirect(_shown_url(_panel_context(_state())), code=303))
 
 
 def _back_url() -> str | None:

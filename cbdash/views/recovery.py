@@ -6,6 +6,7 @@ from flask import Blueprint, abort, flash, make_response, redirect, render_templ
 
 from .. import htmx
 from ..extensions import db
+from ..formatting import plural
 from ..models import Callback
 from ..permissions import require
 from ..services import audit, callbacks, delivery_log, recovery
@@ -74,7 +75,7 @@ def bulk_confirm():  # type: ignore[no-untyped-def]
     db.session.commit()
     seconds = recovery.spread(ids)
     flash(
-        f"Re-sending {len(ids):,} deliveries with their original webhook-ids, "
+        f"Re-sending {plural(len(ids), 'delivery', 'deliveries')} with their original webhook-ids, "
         f"{recovery.rate():g} per second (about {max(seconds, 1):,} s).",
         "success",
     )
@@ -126,7 +127,7 @@ def reenable(callback_id: int):  # type: ignore[no-untyped-def]
     if created:
         seconds = recovery.spread([d.id for d in created])
         flash(
-            f"Replaying {len(created):,} missed events, {recovery.rate():g} per second "
+            f"Replaying {plural(len(created), 'missed event')}, {recovery.rate():g} per second "
             f"(about {max(seconds, 1):,} s).",
             "success",
         )
