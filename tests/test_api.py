@@ -345,3 +345,12 @@ def test_other_id_routes_answer_404_for_out_of_range_ids(client, auth, method, p
 def test_an_out_of_range_id_still_needs_a_token(client):
     response = client.patch("/api/v1/callbacks/99999999999999999999999", json={})
     assert response.status_code == 401 and _error(response)["code"] == "unauthorized"
+
+
+def test_a_number_too_long_to_read_is_a_plain_400(client, auth):
+    body = b'{"definition": "order.created", "payload": {"n": ' + b"9" * 5000 + b"}}"
+    response = client.post("/api/v1/events", data=body, headers={**auth, "Content-Type": "application/json"})
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error["code"] == "invalid_json"
+    assert error["message"] == "The body has a number with more than 4300 digits."

@@ -115,6 +115,8 @@ def _json_body(allow_empty: bool = False) -> dict[str, Any]:
         data = json.loads(raw, parse_constant=_not_json, parse_float=_finite)
         json.dumps(data, ensure_ascii=False).encode("utf-8")  # lone surrogates (\ud800) cannot be sent either
     except (ValueError, UnicodeError) as exc:
+        if "int_max_str_digits" in str(exc):  # Python's own advice is no use to an API client
+            raise ApiError(400, "invalid_json", "The body has a number with more than 4300 digits.") from exc
         raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc}.") from exc
     except RecursionError as exc:
         raise ApiError(400, "invalid_json", "The body's JSON is nested too deeply.") from exc

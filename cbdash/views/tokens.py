@@ -17,7 +17,7 @@ def _page(status: int = 200, **extra):  # type: ignore[no-untyped-def]
     context = {
         "tokens": tokens.listing(),
         "roles": [r.value for r in Role],
-        "form": {"name": "", "role": Role.ADMIN.value},
+        "form": {"name": "", "role": Role.VIEWER.value},
         "errors": {},
         "created": None,
         **extra,
