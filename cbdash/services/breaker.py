@@ -22,6 +22,7 @@ from flask import current_app
 from sqlalchemy import and_, case, or_, update
 
 from ..extensions import db
+from ..formatting import plural
 from ..models import Callback, utcnow
 
 # Extra time a half-open trial holds its lease beyond the callback's timeout.
@@ -229,7 +230,7 @@ def record_failure(cb: Callback, trial: bool, cause: str, now: datetime | None =
         .values(
             breaker_state=BreakerState.OPEN,
             breaker_since=now,
-            breaker_reason=f"{cfg.failures} failed calls within {window} s; last: {cause}"[:255],
+            breaker_reason=f"{plural(cfg.failures, 'failed call')} within {window} s; last: {cause}"[:255],
             breaker_trial_until=None,
         )
         .execution_options(synchronize_session=False)
