@@ -108,6 +108,17 @@ class EventIn:
     idempotency_key: str | None = None
 
 
+def _answers(items: list[EventIn], uids: list[str], event_ids: list[int], made: Any) -> list[NewEvent]:
+    """Each event with its delivery ids (ascending) from the fan-out's (delivery id, event id) rows."""
+    by_event: dict[int, list[int]] = defaultdict(list)
+    for delivery_id, event_id in sorted(made):
+        by_event[event_id].append(delivery_id)
+    return [
+        NewEvent(event_id, uid, item.definition, by_event.get(event_id, []))
+        for event_id, uid, item in zip(event_ids, uids, items, strict=True)
+    ]
+
+
 def record_event(
     definition: str, payload: Any, *, source: str = "api", idempotency_key: str | None = None
 ) -> NewEvent:
@@ -146,13 +157,7 @@ def record_events(items: list[EventIn]) -> list[NewEvent]:
             {"event_ids": event_ids, "definitions": sorted({i.definition for i in items}), "now": now},
         )
     )
-    by_event: dict[int, list[int]] = defaultdict(list)
-    for delivery_id, event_id in sorted(made):
-        by_event[event_id].append(delivery_id)
-    return [
-        NewEvent(event_id, uid, item.definition, by_event.get(event_id, []))
-        for event_id, uid, item in zip(event_ids, uids, items, strict=True)
-    ]
+    return _answers(items, uids, event_ids, made)
 
 
 # PostgreSQL: the events, their fan-out (as ``_fan_out``) and what the caller needs back,
@@ -271,13 +276,7 @@ def _record_sqlite(items: list[EventIn]) -> list[NewEvent]:
         raise
     finally:
         raw.close()
-    by_event: dict[int, list[int]] = defaultdict(list)
-    for delivery_id, event_id in sorted(made):
-        by_event[event_id].append(delivery_id)
-    return [
-        NewEvent(event_id, uid, item.definition, by_event.get(event_id, []))
-        for event_id, uid, item in zip(event_ids, uids, items, strict=True)
-    ]
+    return _answers(items, uids, event_ids, made)
 
 
 @dataclass
