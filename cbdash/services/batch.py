@@ -105,11 +105,6 @@ class _Pool:
         with self._lock:
             self._stragglers -= 1
 
-    @property
-    def stragglers(self) -> int:
-        with self._lock:
-            return self._stragglers
-
 
 POOL = _Pool()
 
@@ -461,11 +456,3 @@ def _finish_straggler(app: Flask, item: Attempt, now: datetime, on_outcome: OnOu
     finally:
         engine.LEASES.discard(item.delivery_id)
         POOL.release()
-
-
-def drain(timeout: float = 60.0) -> bool:
-    """Wait until no handed-off attempt is running (worker shutdown, tests)."""
-    deadline = time.monotonic() + timeout
-    while POOL.stragglers and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return POOL.stragglers == 0
