@@ -375,6 +375,7 @@ class Services:
             pass_fds=(fd,),
             stdout=log,
             stderr=log,
+            start_new_session=True,  # its own process group: stop() ends the workers too
         )
         log.close()
         deadline = time.monotonic() + 60
@@ -405,7 +406,7 @@ class Services:
 
     def stop(self) -> None:
         self.stop_worker()
-        _stop(self.web)
+        _stop(self.web, group=True)  # started in its own session
         self.web = None
         if self.sock is not None:
             self.sock.close()
@@ -415,15 +416,22 @@ class Services:
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
 
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
+def _stop(proc: subprocess.Popen[bytes] | None, group: bool = False) -> None:
+    """End ``proc``; with ``group``, also whatever is left of the process group it leads."""
+    if proc is None:
         return
-    proc.send_signal(signal.SIGINT if "worker" in " ".join(map(str, proc.args)) else signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT if "worker" in " ".join(map(str, proc.args)) else signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if group:
+        # A gunicorn worker that hung in its own shutdown (gthread can deadlock when the quit
+        # signal lands mid-submit) must not outlive the bench as an orphan.
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 # Database helpers

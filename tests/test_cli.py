@@ -378,3 +378,36 @@ def test_bench_runs_end_to_end_and_ends_with_the_ratio_line(app, scratch_databas
             assert conn.scalar(text("SELECT count(*) FROM api_tokens")) == 0
     finally:
         engine.dispose()
+
+
+def test_bench_stop_leaves_no_orphan_of_the_web_server():
+    """A gunicorn worker stuck in its own shutdown must not outlive the bench (its group is killed)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from cbdash.bench import _stop
+
+    child = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    leader = (
+        "import subprocess, sys, time; "
+        f"p = subprocess.Popen([sys.executable, '-c', {child!r}]); print(p.pid, flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", leader], stdout=subprocess.PIPE, start_new_session=True)
+    assert proc.stdout is not None
+    orphan = int(proc.stdout.readline())
+    _stop(proc, group=True)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(orphan, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{orphan}/stat") as stat:  # a zombie awaiting init counts as gone
+            if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        time.sleep(0.05)
+    else:
+        os.kill(orphan, 9)
+        raise AssertionError("the web server's child outlived _stop")
