@@ -98,7 +98,10 @@ def test_rotation_keeps_the_old_secret_signing_for_the_overlap(app, client, rece
     db.session.expire_all()
     cb = db.session.get(Callback, cb.id)
     assert cb.secret != old and cb.previous_secret == old
-    assert cb.secret in response.get_data(as_text=True)  # the new one is shown to give to the receiver
+    shown = response.get_data(as_text=True)
+    assert cb.secret in shown  # the new one is shown to give to the receiver
+    assert "New secret created. Give it to the receiver now." in shown and ">Hide</a>" in shown
+    assert shown.index(cb.secret) < shown.index("New secret created") < shown.index(">Hide</a>")
     overlap = cb.previous_secret_expires_at - utcnow()
     assert timedelta(hours=23, minutes=59) < overlap <= timedelta(hours=24)
     [entry] = _audit("callback.rotate_secret")
